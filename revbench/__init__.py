@@ -1,0 +1,5 @@
+"""revbench: what does a reversible architecture really buy you?"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,143 @@
+"""The ``revbench`` command: parse arguments, call the library, turn known errors into one line.
+
+Exit codes: 0 success, 1 some cases failed, 2 bad input (suite, config, results path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from revbench import __version__
+from revbench.errors import RevbenchError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.runner import plan, run_suite, summary_table
+    from revbench.suite import load_suite
+
+    if args.dry_run:
+        suite = load_suite(args.suite)
+        todo, skipped = plan(suite, args.out, resume=args.resume, only=args.only)
+        table = Table(
+            title=f"{suite.name}: {len(todo)} case runs planned, {skipped} already "
+            f"done (dry run, nothing executed)"
+        )
+        for col in ("#", "case", "repeat", "config hash", "metrics"):
+            table.add_column(col)
+        for case, rep in todo:
+            table.add_row(
+                str(case.index), case.name, str(rep), case.config_hash, ",".join(case.metrics)
+            )
+        out.print(table)
+        return EXIT_OK
+    report = run_suite(
+        args.suite, args.out, resume=args.resume, only=args.only, quiet=args.quiet, console=err
+    )
+    out.print(summary_table(report))
+    if report.failed:
+        err.print(f"{len(report.failed)} of {len(report.rows)} case runs failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.suite import load_suite
+
+    suite = load_suite(args.suite)
+    out.print(f"{args.suite}: ok, suite '{suite.name}' with {len(suite.cases)} cases")
+    return EXIT_OK
+
+
+def _cmd_list(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.measure.metrics import METRICS
+    from revbench.models import ARCHITECTURES
+    from revbench.tasks import TASKS
+
+    for title, registry in (
+        ("architectures", ARCHITECTURES),
+        ("metrics", METRICS),
+        ("tasks", TASKS),
+    ):
+        print(title)
+        for entry in registry.entries():
+            print(f"  {entry.name:<14} {entry.description}")
+        if not len(registry):
+            print("  (none registered yet)")
+    return EXIT_OK
+
+
+def _cmd_schema(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.results import SCHEMA_VERSION, schema_markdown
+
+    print(f"revbench results schema v{SCHEMA_VERSION}\n")
+    print(schema_markdown(), end="")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="revbench", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"revbench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="validate, expand and run a suite",
+        description="Validate, expand and run every case of a suite; each case "
+        "run appends one parquet row under OUT/<suite>/.",
+    )
+    run.add_argument("suite", metavar="SUITE.yaml")
+    run.add_argument(
+        "--out", default="results", metavar="DIR", help="results folder (default: results)"
+    )
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip case runs that already have an ok row in the results folder",
+    )
+    run.add_argument(
+        "--only",
+        metavar="PATTERN",
+        help="run only cases whose name matches (glob if it has * ? [, else substring)",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate and list the planned case runs; run and write nothing",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress output (CI logs)")
+    run.set_defaults(func=_cmd_run)
+
+    val = sub.add_parser("validate", help="validate a suite without running it")
+    val.add_argument("suite", metavar="SUITE.yaml")
+    val.set_defaults(func=_cmd_validate)
+
+    lst = sub.add_parser("list", help="registered architectures, metrics and tasks")
+    lst.set_defaults(func=_cmd_list)
+
+    sch = sub.add_parser("schema", help="print the results parquet schema (markdown)")
+    sch.set_defaults(func=_cmd_schema)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    out, err = Console(), Console(stderr=True)
+    try:
+        return args.func(args, out, err)
+    except RevbenchError as e:
+        print(f"revbench: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("revbench: interrupted; finished case runs are saved (use --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Measurements: each metric is measured in its own child process (see runner.py)."""

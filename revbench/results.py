@@ -1,0 +1,197 @@
+"""The results store: one parquet row per case run, typed, versioned, written atomically.
+
+Schema version 1. Every column, its type and unit (``revbench schema`` prints this table, and
+docs/results-schema.md is generated from it):
+
+* provenance — who measured what, where and with which software (``PROVENANCE`` below);
+* configuration — every setting of the case, flattened as ``section.field`` (``model.n_layers``,
+  ``data.batch_size``, ``train.dtype``, ``measure.steps``), typed from the suite schema;
+* metrics — the columns each registered metric fills (``revbench.measure.metrics``), nullable,
+  units in their names (``peak_mem_bytes``, ``step_time_s_median``, ``tokens_per_s``);
+* ``status`` (ok | oom | error | timeout) and ``error`` (the failure's last line).
+
+Layout: ``<out>/<suite>/<case-slug>__<config_hash>__r<repeat>__<run_id>.parquet``, one file per
+case run, written to a hidden temp file and renamed, so a ``kill -9`` at any moment leaves either
+the whole row or nothing. ``load`` reads every parquet under a folder and skips (with a warning)
+files that are corrupt or were not written by revbench.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from revbench.errors import ResultsError
+
+SCHEMA_VERSION = 1
+_META_KEY = b"revbench.schema_version"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    unit: str
+    description: str
+
+
+STATUSES = ("ok", "oom", "error", "timeout")
+
+PROVENANCE: tuple[Column, ...] = (
+    Column("schema_version", pa.int32(), "", "results schema version"),
+    Column("suite", pa.string(), "", "suite name"),
+    Column("suite_file", pa.string(), "", "path of the suite file as given"),
+    Column("case", pa.string(), "", "case name (matrix point or explicit case)"),
+    Column("case_index", pa.int32(), "", "position of the case in the expanded suite"),
+    Column("config_hash", pa.string(), "", "hash of the resolved configuration (resume key)"),
+    Column("repeat", pa.int32(), "", "repeat index, 0-based"),
+    Column("run_id", pa.string(), "", "one invocation of `revbench run`"),
+    Column("timestamp_utc", pa.timestamp("us", tz="UTC"), "", "when the case run finished"),
+    Column("wall_time_s", pa.float64(), "s", "wall time of the case run, all processes"),
+    Column("revbench_version", pa.string(), "", ""),
+    Column("git_commit", pa.string(), "", "commit of the revbench checkout, when in git"),
+    Column("python_version", pa.string(), "", ""),
+    Column("torch_version", pa.string(), "", ""),
+    Column("transformers_version", pa.string(), "", "null when not installed"),
+    Column("hostname", pa.string(), "", ""),
+    Column("cpu_model", pa.string(), "", ""),
+    Column("cpu_count", pa.int32(), "", "logical CPUs"),
+    Column("ram_bytes", pa.int64(), "bytes", "host memory"),
+    Column("device_type", pa.string(), "", "cpu or cuda"),
+    Column("device_name", pa.string(), "", "GPU model, or the CPU model"),
+    Column("device_memory_bytes", pa.int64(), "bytes", "GPU memory, or host memory on CPU"),
+    Column("driver_version", pa.string(), "", "NVIDIA driver (GPU only)"),
+    Column("cuda_version", pa.string(), "", "CUDA runtime torch was built with (GPU only)"),
+    Column("seed", pa.int64(), "", "train.seed, repeated for convenience"),
+)
+OUTCOME: tuple[Column, ...] = (
+    Column("status", pa.string(), "", "ok | oom | error | timeout"),
+    Column("error", pa.string(), "", "last line of the failure, null when ok"),
+)
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _arrow_type(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        return pa.string()
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _arrow_type(args[0])
+    mapping = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    return mapping.get(annotation, pa.string())
+
+
+def config_columns() -> tuple[Column, ...]:
+    from revbench.suite import SECTIONS
+
+    cols = []
+    for section, cls in SECTIONS.items():
+        for name, info in cls.__pydantic_fields__.items():
+            desc = (info.description or "").split("\n")[0]
+            cols.append(Column(f"{section}.{name}", _arrow_type(info.annotation), "", desc))
+    cols.append(Column("metrics", pa.string(), "", "comma-separated metric names of the case"))
+    return tuple(cols)
+
+
+def columns() -> tuple[Column, ...]:
+    """Every column of schema version ``SCHEMA_VERSION``, in file order."""
+    from revbench.measure.metrics import METRICS
+
+    metric_cols: list[Column] = []
+    seen: set[str] = set()
+    for entry in METRICS.entries():
+        for col in entry.obj.columns:
+            if col.name not in seen:
+                seen.add(col.name)
+                metric_cols.append(col)
+    return (*PROVENANCE, *config_columns(), *metric_cols, *OUTCOME)
+
+
+def arrow_schema() -> pa.Schema:
+    meta = {_META_KEY: str(SCHEMA_VERSION).encode()}
+    return pa.schema([pa.field(c.name, c.type, nullable=True) for c in columns()], metadata=meta)
+
+
+def schema_markdown() -> str:
+    lines = ["| column | type | unit | meaning |", "|---|---|---|---|"]
+    for c in columns():
+        lines.append(f"| `{c.name}` | {c.type} | {c.unit} | {c.description} |")
+    return "\n".join(lines) + "\n"
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+def write_row(row: dict[str, Any], path: Path) -> Path:
+    """Write one row to ``path`` atomically (hidden temp file, fsync, rename)."""
+    schema = arrow_schema()
+    unknown = set(row) - set(schema.names)
+    if unknown:
+        raise ResultsError(f"row has columns outside schema v{SCHEMA_VERSION}: {sorted(unknown)}")
+    table = pa.Table.from_pylist([row], schema=schema)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+class ResultsWarning(UserWarning):
+    """A file under a results folder was skipped."""
+
+
+def _parquet_files(root: Path) -> list[Path]:
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+
+
+def load(path: str | Path) -> pd.DataFrame:
+    """Every revbench row under ``path`` (a parquet file or a folder searched recursively).
+
+    Corrupt files and parquet files not written by revbench are skipped with a
+    ``ResultsWarning``; a missing path raises ``ResultsError``. An empty folder gives an empty
+    frame that still has the schema's columns.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise ResultsError(f"{root}: no such results file or folder")
+    frames = []
+    for f in _parquet_files(root):
+        try:
+            table = pq.read_table(f)
+        except Exception as e:  # pyarrow raises several types for damaged files
+            warnings.warn(f"skipping corrupt results file {f}: {e}", ResultsWarning, stacklevel=2)
+            continue
+        if _META_KEY not in (table.schema.metadata or {}):
+            warnings.warn(
+                f"skipping {f}: not a revbench results file", ResultsWarning, stacklevel=2
+            )
+            continue
+        frames.append(table.to_pandas())
+    if not frames:
+        return arrow_schema().empty_table().to_pandas()
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    return df.sort_values(
+        ["timestamp_utc", "suite", "case_index", "repeat"], kind="stable", ignore_index=True
+    )

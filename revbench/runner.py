@@ -1,0 +1,234 @@
+"""Run a suite: every case in fresh child processes, one atomic parquet row per case run.
+
+Isolation: each metric of each case run is measured by ``python -m revbench.child`` in its own
+process (its own session, so a timeout kills it and anything it started). A crash, an
+out-of-memory or a hang in one case becomes a row with ``status`` != ok and the suite goes on.
+``resume`` skips every (config hash, repeat) that already has an ``ok`` row in the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from revbench import results
+from revbench.measure.device import host_info
+from revbench.measure.metrics import METRICS
+from revbench.suite import Case, Suite, load_suite, select
+
+_SEVERITY = {"ok": 0, "error": 1, "oom": 2, "timeout": 3}
+
+
+@dataclasses.dataclass
+class RunReport:
+    suite: Suite
+    out_dir: Path
+    rows: list[dict[str, Any]]
+    skipped: int
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r["status"] != "ok"]
+
+
+def suite_dir(out: str | Path, suite: Suite) -> Path:
+    return Path(out) / suite.name
+
+
+def plan(
+    suite: Suite, out: str | Path, *, resume: bool = False, only: str | None = None
+) -> tuple[list[tuple[Case, int]], int]:
+    """The (case, repeat) pairs to run, and how many are skipped because they are done."""
+    done: set[tuple[str, int]] = set()
+    folder = suite_dir(out, suite)
+    if resume and folder.exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", results.ResultsWarning)  # damaged files: re-run
+            old = results.load(folder)
+        ok = old[old["status"] == "ok"]
+        done = set(zip(ok["config_hash"], ok["repeat"].astype(int), strict=True))
+    todo, skipped = [], 0
+    for case in select(suite.cases, only):
+        for rep in range(case.measure["repeats"]):
+            if (case.config_hash, rep) in done:
+                skipped += 1
+            else:
+                todo.append((case, rep))
+    return todo, skipped
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", name)[:80]
+
+
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _last_line(log: Path) -> str:
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
+def _run_metric(
+    case_file: Path, metric: str, workdir: Path, timeout_s: float
+) -> tuple[str, str | None, dict[str, Any]]:
+    """One child process; returns (status, error, columns)."""
+    out = workdir / f"{metric}.json"
+    log = workdir / f"{metric}.log"
+    env = {**os.environ, **METRICS.get(metric).env, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "revbench.child", str(case_file), metric, str(out)]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        try:
+            code = proc.wait(timeout=max(timeout_s, 0.01))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return "timeout", f"{metric}: timed out (measure.timeout_s)", {}
+        except BaseException:  # Ctrl-C or the runner being stopped: take the child with us
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    if out.exists():
+        res = json.loads(out.read_text())
+        err = f"{metric}: {res['error']}" if res["error"] else None
+        return res["status"], err, res["columns"]
+    # No result: the process died (segfault, abort, the kernel's OOM killer sends SIGKILL).
+    status = "oom" if code == -signal.SIGKILL else "error"
+    tail = _last_line(log)
+    return status, f"{metric}: process {_exit_reason(code)}" + (f": {tail}" if tail else ""), {}
+
+
+def run_case(case: Case, repeat: int, *, run_id: str, host: dict[str, Any]) -> dict[str, Any]:
+    """Measure every metric of ``case`` in fresh processes; returns the result row."""
+    start = time.monotonic()
+    status, error = "ok", None
+    columns: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="revbench-case-") as tmp:
+        workdir = Path(tmp)
+        case_file = workdir / "case.json"
+        case_file.write_text(json.dumps(case.to_dict()))
+        for metric in case.metrics:
+            left = case.measure["timeout_s"] - (time.monotonic() - start)
+            if left <= 0:
+                st, err, cols = "timeout", f"{metric}: not started, case timeout reached", {}
+            else:
+                st, err, cols = _run_metric(case_file, metric, workdir, left)
+            columns.update(cols)
+            if _SEVERITY[st] > _SEVERITY[status]:
+                status, error = st, err
+    row: dict[str, Any] = {
+        "schema_version": results.SCHEMA_VERSION,
+        "suite": case.suite,
+        "case": case.name,
+        "case_index": case.index,
+        "config_hash": case.config_hash,
+        "repeat": repeat,
+        "run_id": run_id,
+        "timestamp_utc": dt.datetime.now(dt.timezone.utc),
+        "wall_time_s": time.monotonic() - start,
+        "seed": case.train["seed"],
+        **host,
+        **case.settings(),
+        "metrics": ",".join(case.metrics),
+        **columns,
+        "status": status,
+        "error": error,
+    }
+    return row
+
+
+def run_suite(
+    path: str | Path,
+    out: str | Path = "results",
+    *,
+    resume: bool = False,
+    only: str | None = None,
+    quiet: bool = False,
+    console: Console | None = None,
+) -> RunReport:
+    """Validate, expand and run a suite; every case run is appended to ``out/<suite>/``."""
+    suite = load_suite(path)
+    todo, skipped = plan(suite, out, resume=resume, only=only)
+    folder = suite_dir(out, suite)
+    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    host = {**host_info(), "suite_file": str(path)}
+    console = console or Console(stderr=True)
+    rows = []
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, disable=quiet) as progress:
+        task = progress.add_task(suite.name, total=len(todo))
+        for case, rep in todo:
+            progress.update(task, description=f"{case.name} (repeat {rep})")
+            row = run_case(case, rep, run_id=run_id, host=host)
+            name = f"{_slug(case.name)}__{case.config_hash}__r{rep}__{run_id}.parquet"
+            results.write_row(row, folder / name)
+            rows.append(row)
+            if not quiet:
+                mark = "[green]ok[/]" if row["status"] == "ok" else f"[red]{row['status']}[/]"
+                progress.console.print(f"{mark} {case.name} r{rep} ({row['wall_time_s']:.1f}s)")
+            progress.advance(task)
+    return RunReport(suite, folder, rows, skipped)
+
+
+def _mib(x: Any) -> str:
+    return "" if x is None or x != x else f"{x / 2**20:,.1f}"
+
+
+def summary_table(report: RunReport) -> Table:
+    table = Table(
+        title=f"{report.suite.name}: {len(report.rows)} run, {report.skipped} skipped "
+        f"(done), results in {report.out_dir}"
+    )
+    for col in ("case", "rep", "status", "peak MiB", "act MiB", "step s", "tokens/s", "error"):
+        table.add_column(col, overflow="fold")
+    for r in report.rows:
+        step = r.get("step_time_s_median")
+        tps = r.get("tokens_per_s")
+        table.add_row(
+            r["case"],
+            str(r["repeat"]),
+            r["status"],
+            _mib(r.get("peak_mem_bytes")),
+            _mib(r.get("activation_bytes")),
+            f"{step:.4f}" if step else "",
+            f"{tps:,.0f}" if tps else "",
+            (r["error"] or "")[:120],
+        )
+    return table

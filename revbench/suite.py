@@ -1,0 +1,371 @@
+"""Suite files: load (safe YAML), validate, expand the matrix into cases.
+
+A suite is::
+
+    name: quickstart                  # [A-Za-z0-9_.-]+, names the results folder
+    description: ...
+    defaults:                         # every setting of a case, by section
+      model: {arch: baseline, d_model: 64, ...}    # revbench.models.ModelConfig fields
+      data: {batch_size: 8, seq_len: 128}          # DataSettings
+      train: {dtype: float32, optimizer: adamw}    # TrainSettings
+    measure: {warmup: 1, steps: 3, repeats: 1, timeout_s: 300}   # MeasureSettings
+    matrix:                           # cartesian product; keys are bare setting names
+      arch: [baseline, midpoint]
+      n_layers: [2, 4]
+    cases:                            # optional explicit cases, each a set of overrides
+      - {name: ckpt, arch: baseline, checkpointing: true}
+    metrics: [peak_memory, throughput]
+
+Setting names are unique across sections, so ``n_layers`` in a matrix or case needs no section.
+Every error is a ``SuiteError`` whose message names the file, the field path
+(``matrix.n_layers[2]``), the bad value and what is allowed; nothing is run before the whole
+suite validates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import hashlib
+import itertools
+import json
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from revbench.errors import ConfigError, SuiteError
+from revbench.measure.metrics import METRICS
+from revbench.models import ARCHITECTURES, ModelConfig
+from revbench.registry import did_you_mean
+
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+
+class DataSettings(BaseModel):
+    """What each training step is fed."""
+
+    model_config = _STRICT
+    batch_size: Annotated[int, Field(ge=1)] = 8
+    seq_len: Annotated[int, Field(ge=2)] = 128
+    dataset: Literal["random"] = "random"
+    """random: uniform token ids from a seeded generator (memory and speed ignore the data)."""
+
+
+class TrainSettings(BaseModel):
+    """How a training step runs."""
+
+    model_config = _STRICT
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: cuda when available, else cpu."""
+    dtype: Literal["float32", "float64", "bfloat16", "float16"] = "float32"
+    """bfloat16/float16 run under torch.autocast with float32 parameters."""
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    seed: Annotated[int, Field(ge=0)] = 0
+    threads: Annotated[int, Field(ge=0)] = 0
+    """CPU threads for torch (0: torch's default)."""
+
+
+class MeasureSettings(BaseModel):
+    """How each metric is measured."""
+
+    model_config = _STRICT
+    warmup: Annotated[int, Field(ge=0)] = 1
+    steps: Annotated[int, Field(ge=1)] = 3
+    repeats: Annotated[int, Field(ge=1)] = 1
+    """Each repeat is a separate row measured in fresh processes."""
+    timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    """Wall-clock limit of one case run, all its metric processes together."""
+    fault: Literal["none", "crash", "hang", "error", "oom"] = "none"
+    """Inject a failure into the case process (to test the runner): crash = abort(), hang =
+    sleep forever, error = raise RuntimeError, oom = raise torch.OutOfMemoryError."""
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataSettings,
+    "train": TrainSettings,
+    "measure": MeasureSettings,
+}
+# Settings that do not change what a case measures, so they stay out of the config hash.
+_UNHASHED = {"timeout_s", "repeats"}
+
+
+def _field_table() -> dict[str, tuple[str, TypeAdapter[Any]]]:
+    table: dict[str, tuple[str, TypeAdapter[Any]]] = {}
+    for section, cls in SECTIONS.items():
+        fields = cls.__pydantic_fields__ if hasattr(cls, "__pydantic_fields__") else {}
+        for name, info in fields.items():
+            if name in table:  # keep the flat namespace unambiguous
+                raise RuntimeError(f"setting '{name}' is defined in two sections")
+            ann = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
+            table[name] = (section, TypeAdapter(ann, config=ConfigDict(strict=True)))
+    return table
+
+
+FIELDS = _field_table()
+
+
+class _SuiteFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    defaults: dict[str, dict[str, Any]] = {}
+    measure: dict[str, Any] = {}
+    matrix: dict[str, list[Any]] = {}
+    cases: list[dict[str, Any]] = []
+    metrics: Annotated[list[str], Field(min_length=1)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One fully resolved configuration: plain data, what a case process receives."""
+
+    suite: str
+    name: str
+    index: int
+    model: dict[str, Any]
+    data: dict[str, Any]
+    train: dict[str, Any]
+    measure: dict[str, Any]
+    metrics: tuple[str, ...]
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of everything that changes what is measured (not timeout or repeat count)."""
+        body = {s: getattr(self, s) for s in SECTIONS}
+        body["measure"] = {k: v for k, v in self.measure.items() if k not in _UNHASHED}
+        body["metrics"] = sorted(self.metrics)
+        blob = json.dumps(body, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def settings(self) -> dict[str, Any]:
+        """Flat ``section.field -> value`` mapping (the config columns of a result row)."""
+        return {f"{s}.{k}": v for s in SECTIONS for k, v in getattr(self, s).items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Case:
+        return cls(**{**d, "metrics": tuple(d["metrics"])})
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: Path
+    cases: tuple[Case, ...]
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no object construction, nothing executes) that also reads ``1e-3`` as a float,
+    which YAML 1.1 would leave a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SuiteError(f"{path}: cannot read suite file ({e.strerror})") from None
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SuiteError(f"{path}: invalid YAML{where}: {problem}") from None
+
+
+def _fmt_loc(loc: Iterable[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _allowed(err: dict[str, Any]) -> str:
+    return err["msg"].replace("Input should be", "must be")
+
+
+def _check_value(where: str, key: str, value: Any) -> Any:
+    """Validate one setting's value; ``where`` is the field path used in messages."""
+    _, adapter = FIELDS[key]
+    try:
+        value = adapter.validate_python(value)
+    except ValidationError as e:
+        raise SuiteError(f"{where}: {_allowed(e.errors()[0])}, got {value!r}") from None
+    if key == "arch":
+        try:
+            ARCHITECTURES.get(value)
+        except ConfigError as e:
+            raise SuiteError(f"{where}: {e}") from None
+    return value
+
+
+def _check_key(where: str, key: Any, allowed: Iterable[str]) -> None:
+    allowed = list(allowed)
+    if key not in allowed:
+        raise SuiteError(f"{where}: unknown setting '{key}'{did_you_mean(str(key), allowed)}")
+
+
+def _overrides(where: str, raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate a flat ``{setting: value}`` mapping (a case, a matrix point)."""
+    out = {}
+    for key, value in raw.items():
+        _check_key(where, key, FIELDS)
+        out[key] = _check_value(f"{where}.{key}", key, value)
+    return out
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read, validate and expand a suite file; raises ``SuiteError`` with a one-line message."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    if not isinstance(raw, dict):
+        raise SuiteError(
+            f"{path}: a suite must be a YAML mapping with name, defaults, metrics, ..."
+        )
+    try:
+        spec = _SuiteFile.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = _fmt_loc(err["loc"])
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            hint = did_you_mean(key, list(_SuiteFile.model_fields))
+            raise SuiteError(f"{path}: unknown key '{loc}'{hint}") from None
+        if err["type"] == "missing":
+            raise SuiteError(f"{path}: missing required key '{loc}'") from None
+        raise SuiteError(f"{path}: {loc}: {_allowed(err)}, got {err.get('input')!r}") from None
+    try:
+        return Suite(spec.name, spec.description, path, tuple(_expand(spec)))
+    except SuiteError as e:
+        raise SuiteError(f"{path}: {e}") from None
+
+
+def _expand(spec: _SuiteFile) -> list[Case]:
+    base: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    for section, values in spec.defaults.items():
+        _check_key("defaults", section, [s for s in SECTIONS if s != "measure"])
+        for key, value in values.items():
+            own = [k for k, (s, _) in FIELDS.items() if s == section]
+            _check_key(f"defaults.{section}", key, own)
+            base[section][key] = _check_value(f"defaults.{section}.{key}", key, value)
+    for key, value in spec.measure.items():
+        _check_key("measure", key, [k for k, (s, _) in FIELDS.items() if s == "measure"])
+        base["measure"][key] = _check_value(f"measure.{key}", key, value)
+
+    metrics = []
+    for i, m in enumerate(spec.metrics):
+        if m not in METRICS:
+            known = ", ".join(METRICS.names())
+            raise SuiteError(
+                f"metrics[{i}]: unknown metric '{m}'{did_you_mean(m, METRICS.names())}"
+                f"; known: {known}"
+            )
+        metrics.append(m)
+
+    axes: list[list[tuple[str, Any]]] = []
+    for key, values in spec.matrix.items():
+        _check_key("matrix", key, FIELDS)
+        if not values:
+            raise SuiteError(f"matrix.{key}: must list at least one value")
+        axes.append(
+            [(key, _check_value(f"matrix.{key}[{i}]", key, v)) for i, v in enumerate(values)]
+        )
+
+    points: list[tuple[str, str, dict[str, Any]]] = []  # (where, name, overrides)
+    if axes or not spec.cases:
+        for combo in itertools.product(*axes):
+            name = ",".join(f"{k}={v}" for k, v in combo) or "default"
+            points.append((f"matrix case '{name}'", name, dict(combo)))
+    for i, raw in enumerate(spec.cases):
+        raw = dict(raw)
+        name = raw.pop("name", None)
+        over = _overrides(f"cases[{i}]", raw)
+        name = (
+            str(name)
+            if name is not None
+            else (",".join(f"{k}={v}" for k, v in over.items()) or f"case{i}")
+        )
+        points.append((f"cases[{i}] ('{name}')", name, over))
+
+    cases: list[Case] = []
+    seen: dict[str, str] = {}
+    for index, (where, name, over) in enumerate(points):
+        sections = {s: dict(v) for s, v in base.items()}
+        for key, value in over.items():
+            sections[FIELDS[key][0]][key] = value
+        case = _resolve(where, spec.name, name, index, sections, tuple(metrics))
+        for other, label in (("hash", case.config_hash), ("name", f"name:{case.name}")):
+            if label in seen:
+                raise SuiteError(f"{where} has the same {other} as {seen[label]}; remove one")
+            seen[label] = where
+        cases.append(case)
+    return cases
+
+
+def _resolve(
+    where: str,
+    suite: str,
+    name: str,
+    index: int,
+    sections: dict[str, dict[str, Any]],
+    metrics: tuple[str, ...],
+) -> Case:
+    """Fill defaults and run the cross-field checks of one case."""
+    resolved: dict[str, dict[str, Any]] = {}
+    for section, cls in SECTIONS.items():
+        try:
+            obj = cls(**sections[section])
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = _fmt_loc(err["loc"]) or section
+            msg = err["msg"].removeprefix("Value error, ")
+            raise SuiteError(f"{where}: {loc}: {msg}") from None
+        except ValueError as e:  # ConfigError from a registry lookup
+            raise SuiteError(f"{where}: {section}: {e}") from None
+        resolved[section] = (
+            dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj.model_dump()
+        )
+    if resolved["data"]["seq_len"] > resolved["model"]["max_seq_len"]:
+        raise SuiteError(
+            f"{where}: seq_len ({resolved['data']['seq_len']}) exceeds max_seq_len "
+            f"({resolved['model']['max_seq_len']}); raise max_seq_len or shorten seq_len"
+        )
+    return Case(
+        suite,
+        name,
+        index,
+        resolved["model"],
+        resolved["data"],
+        resolved["train"],
+        resolved["measure"],
+        metrics,
+    )
+
+
+def select(cases: Iterable[Case], pattern: str | None) -> list[Case]:
+    """Cases whose name matches ``pattern``: a glob when it has wildcards, else a substring."""
+    cases = list(cases)
+    if not pattern:
+        return cases
+    if any(c in pattern for c in "*?["):
+        return [c for c in cases if fnmatch.fnmatchcase(c.name, pattern)]
+    return [c for c in cases if pattern in c.name]

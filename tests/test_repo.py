@@ -1,0 +1,23 @@
+"""The README's promises: .ci/run runs exactly the README's test command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = [
+        ln
+        for ln in (ROOT / ".ci" / "run").read_text().splitlines()
+        if ln.strip() and not ln.startswith(("#", "set ", "cd ", "export "))
+    ]
+    command = ci[-1]
+    assert "pytest" in command
+    assert command in (ROOT / "README.md").read_text()
+
+
+def test_results_folder_is_kept_empty_in_git() -> None:
+    ignore = (ROOT / ".gitignore").read_text().splitlines()
+    assert "/results/*" in ignore and "!/results/README.md" in ignore
