@@ -81,6 +81,29 @@ def _cmd_schema(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_dashboard(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.dashboard import serve
+
+    return serve(args.results, host=args.host, port=args.port)
+
+
+def _cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.report import report
+
+    written = report(args.results, args.out, args.format, with_figures=not args.no_figures)
+    for path in written:
+        print(path)
+    return EXIT_OK
+
+
+def _cmd_compare(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.compare import compare_paths
+
+    result = compare_paths(args.base, args.new, args.max_regression)
+    print(result.markdown(), end="")
+    return EXIT_FAILED if len(result.regressions) else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="revbench", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"revbench {__version__}")
@@ -123,12 +146,61 @@ def build_parser() -> argparse.ArgumentParser:
 
     sch = sub.add_parser("schema", help="print the results parquet schema (markdown)")
     sch.set_defaults(func=_cmd_schema)
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="browse results in a Streamlit dashboard",
+        description="Serve the dashboard (dashboard/app.py) headless on localhost.",
+    )
+    dash.add_argument("results", nargs="?", default="results", metavar="RESULTS_DIR")
+    dash.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+    dash.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, local only)"
+    )
+    dash.set_defaults(func=_cmd_dashboard)
+
+    rep = sub.add_parser(
+        "report",
+        help="tables and figures of the results for papers",
+        description="Write markdown/LaTeX/HTML tables and PNG/SVG figures of the main views.",
+    )
+    rep.add_argument("results", metavar="RESULTS")
+    rep.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    rep.add_argument(
+        "--format",
+        default="md,latex,html",
+        metavar="FMT[,FMT]",
+        help="any of md, latex, html (default: all three)",
+    )
+    rep.add_argument(
+        "--no-figures", action="store_true", help="tables only (figures need a Chromium)"
+    )
+    rep.set_defaults(func=_cmd_report)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="per-case metric deltas of two result sets (exit 1 on a regression)",
+        description="Match cases by config hash and print a markdown table of metric deltas; "
+        "exit 1 when memory rises, or throughput, max batch or accuracy falls, past the "
+        "threshold.",
+    )
+    cmp.add_argument("base", metavar="BASE")
+    cmp.add_argument("new", metavar="NEW")
+    cmp.add_argument(
+        "--max-regression",
+        default="5%",
+        metavar="PCT",
+        help="largest tolerated change for the worse (default: 5%%)",
+    )
+    cmp.set_defaults(func=_cmd_compare)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out, err = Console(), Console(stderr=True)
+    if not out.is_terminal:  # logs and pipes: do not fold the summary table at 80 columns
+        out = Console(width=200)
     try:
         return args.func(args, out, err)
     except RevbenchError as e:

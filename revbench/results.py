@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import types
 import typing
 import warnings
@@ -53,7 +54,25 @@ PROVENANCE: tuple[Column, ...] = (
     Column("case", pa.string(), "", "case name (matrix point or explicit case)"),
     Column("case_index", pa.int32(), "", "position of the case in the expanded suite"),
     Column("config_hash", pa.string(), "", "hash of the resolved configuration (resume key)"),
-    Column("repeat", pa.int32(), "", "repeat index, 0-based"),
+    Column("repeat", pa.int32(), "", "repeat index, 0-based; -1 for the median over repeats"),
+    Column(
+        "repeats_in_median",
+        pa.int32(),
+        "",
+        "median row only: number of ok repeats the median is taken over",
+    ),
+    Column(
+        "step_time_spread",
+        pa.float64(),
+        "",
+        "median row only: (max - min) / median of step_time_s_median over the repeats",
+    ),
+    Column(
+        "unstable",
+        pa.bool_(),
+        "",
+        "median row only: step_time_spread exceeds measure.unstable_spread",
+    ),
     Column("run_id", pa.string(), "", "one invocation of `revbench run`"),
     Column("timestamp_utc", pa.timestamp("us", tz="UTC"), "", "when the case run finished"),
     Column("wall_time_s", pa.float64(), "s", "wall time of the case run, all processes"),
@@ -71,6 +90,15 @@ PROVENANCE: tuple[Column, ...] = (
     Column("device_memory_bytes", pa.int64(), "bytes", "GPU memory, or host memory on CPU"),
     Column("driver_version", pa.string(), "", "NVIDIA driver (GPU only)"),
     Column("cuda_version", pa.string(), "", "CUDA runtime torch was built with (GPU only)"),
+    Column("compute_capability", pa.string(), "", "CUDA compute capability (GPU only)"),
+    Column("gpu_sm_clock_mhz", pa.int64(), "MHz", "max SM clock from NVML (GPU only)"),
+    Column("gpu_power_limit_w", pa.float64(), "W", "enforced power limit from NVML (GPU only)"),
+    Column(
+        "gpu_other_processes",
+        pa.int32(),
+        "",
+        "other compute processes on the GPU during the case (shared GPU when > 0)",
+    ),
     Column("seed", pa.int64(), "", "train.seed, repeated for convenience"),
 )
 OUTCOME: tuple[Column, ...] = (
@@ -158,6 +186,38 @@ def write_row(row: dict[str, Any], path: Path) -> Path:
 
 class ResultsWarning(UserWarning):
     """A file under a results folder was skipped."""
+
+
+def median_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The median over the ok repeats of one case (``rows``: its per-repeat rows), with spread
+    and instability flag; None when no repeat succeeded."""
+    ok = sorted((r for r in rows if r["status"] == "ok"), key=lambda r: r["repeat"])
+    if not ok:
+        return None
+    metric_names = (
+        {c.name for c in columns()}
+        - {c.name for c in PROVENANCE}
+        - {c.name for c in config_columns()}
+        - {c.name for c in OUTCOME}
+    )
+    numeric = {
+        c.name
+        for c in columns()
+        if c.name in metric_names and (pa.types.is_integer(c.type) or pa.types.is_floating(c.type))
+    }
+    out = dict(ok[-1])
+    out.update(repeat=-1, repeats_in_median=len(ok), status="ok", error=None)
+    for name in numeric:
+        values = [r[name] for r in ok if r.get(name) is not None and r[name] == r[name]]
+        if values:
+            med = statistics.median(values)
+            out[name] = int(med) if all(isinstance(v, int) for v in values) else float(med)
+    times = [r["step_time_s_median"] for r in ok if r.get("step_time_s_median")]
+    if len(times) > 1:
+        spread = (max(times) - min(times)) / statistics.median(times)
+        out["step_time_spread"] = spread
+        out["unstable"] = spread > ok[-1]["measure.unstable_spread"]
+    return out
 
 
 def _parquet_files(root: Path) -> list[Path]:

@@ -23,6 +23,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -98,20 +99,29 @@ def _last_line(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def _run_metric(
-    case_file: Path, metric: str, workdir: Path, timeout_s: float
+def _run_child(
+    case: Case, metric: str, workdir: Path, timeout_s: float
 ) -> tuple[str, str | None, dict[str, Any]]:
-    """One child process; returns (status, error, columns)."""
-    out = workdir / f"{metric}.json"
-    log = workdir / f"{metric}.log"
-    env = {**os.environ, **METRICS.get(metric).env, "PYTHONUNBUFFERED": "1"}
+    """Measure ``metric`` of ``case`` in one fresh process; returns (status, error, columns)."""
+    tag = f"{metric}-{len(list(workdir.glob('*.case.json')))}"
+    case_file, out, log = (workdir / f"{tag}.{ext}" for ext in ("case.json", "json", "log"))
+    case_file.write_text(json.dumps(case.to_dict()))
+    # PCI bus order makes torch's device indices those of nvidia-smi and NVML.
+    env = {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        **os.environ,
+        **METRICS.get(metric).env,
+        "PYTHONUNBUFFERED": "1",
+    }
     cmd = [sys.executable, "-m", "revbench.child", str(case_file), metric, str(out)]
+    if timeout_s <= 0:
+        return "timeout", f"{metric}: not started, case timeout reached", {}
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
         try:
-            code = proc.wait(timeout=max(timeout_s, 0.01))
+            code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
@@ -132,18 +142,18 @@ def _run_metric(
 def run_case(case: Case, repeat: int, *, run_id: str, host: dict[str, Any]) -> dict[str, Any]:
     """Measure every metric of ``case`` in fresh processes; returns the result row."""
     start = time.monotonic()
+    deadline = start + case.measure["timeout_s"]
     status, error = "ok", None
     columns: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="revbench-case-") as tmp:
         workdir = Path(tmp)
-        case_file = workdir / "case.json"
-        case_file.write_text(json.dumps(case.to_dict()))
         for metric in case.metrics:
-            left = case.measure["timeout_s"] - (time.monotonic() - start)
-            if left <= 0:
-                st, err, cols = "timeout", f"{metric}: not started, case timeout reached", {}
-            else:
-                st, err, cols = _run_metric(case_file, metric, workdir, left)
+
+            def one(variant: Case, child_metric: str = metric) -> tuple[str, str | None, dict]:
+                return _run_child(variant, child_metric, workdir, deadline - time.monotonic())
+
+            search = METRICS.get(metric).search
+            st, err, cols = search(case, one) if search else one(case)
             columns.update(cols)
             if _SEVERITY[st] > _SEVERITY[status]:
                 status, error = st, err
@@ -166,6 +176,27 @@ def run_case(case: Case, repeat: int, *, run_id: str, host: dict[str, Any]) -> d
         "error": error,
     }
     return row
+
+
+def _write_median(folder: Path, case: Case) -> None:
+    """(Re)write the median row of ``case`` from every repeat row in the folder (a resumed run
+    included; the latest row of each repeat); one file per case, replaced atomically."""
+    latest: dict[int, dict[str, Any]] = {}
+    for f in sorted(folder.glob(f"*__{case.config_hash}__r*.parquet")):
+        try:
+            row = pq.read_table(f).to_pylist()[0]
+        except Exception:  # a damaged file counts as a missing repeat
+            continue
+        if (
+            row["repeat"] not in latest
+            or row["timestamp_utc"] > latest[row["repeat"]]["timestamp_utc"]
+        ):
+            latest[row["repeat"]] = row
+    median = results.median_row(list(latest.values()))
+    if median is not None:
+        median["timestamp_utc"] = dt.datetime.now(dt.timezone.utc)
+        name = f"{_slug(case.name)}__{case.config_hash}__median.parquet"
+        results.write_row(median, folder / name)
 
 
 def run_suite(
@@ -200,6 +231,8 @@ def run_suite(
             name = f"{_slug(case.name)}__{case.config_hash}__r{rep}__{run_id}.parquet"
             results.write_row(row, folder / name)
             rows.append(row)
+            if case.measure["repeats"] > 1 and rep == case.measure["repeats"] - 1:
+                _write_median(folder, case)
             if not quiet:
                 mark = "[green]ok[/]" if row["status"] == "ok" else f"[red]{row['status']}[/]"
                 progress.console.print(f"{mark} {case.name} r{rep} ({row['wall_time_s']:.1f}s)")

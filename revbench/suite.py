@@ -38,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from revbench.errors import ConfigError, SuiteError
+from revbench.measure.batch import BYTES_PATTERN
 from revbench.measure.metrics import METRICS
 from revbench.models import ARCHITECTURES, ModelConfig
 from revbench.registry import did_you_mean
@@ -77,9 +78,25 @@ class MeasureSettings(BaseModel):
     warmup: Annotated[int, Field(ge=0)] = 1
     steps: Annotated[int, Field(ge=1)] = 3
     repeats: Annotated[int, Field(ge=1)] = 1
-    """Each repeat is a separate row measured in fresh processes."""
+    """Each repeat is a separate row measured in fresh processes; with repeats > 1 a median row
+    (repeat -1) follows."""
+    unstable_spread: Annotated[float, Field(gt=0)] = 0.10
+    """Flag the median row unstable when (max - min) / median of the step time over repeats
+    exceeds this."""
     timeout_s: Annotated[float, Field(gt=0)] = 600.0
     """Wall-clock limit of one case run, all its metric processes together."""
+    budget: Annotated[str, Field(pattern=BYTES_PATTERN)] | None = None
+    """max_batch_size: memory budget emulating a smaller device, e.g. 24GiB (default: the
+    device's memory on CUDA, the available memory on CPU)."""
+    headroom: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    """max_batch_size: fraction of the budget kept free so the reported size survives training."""
+    trial_steps: Annotated[int, Field(ge=1)] = 1
+    """max_batch_size: full training steps per trial."""
+    search: Literal["batch_size", "seq_len"] = "batch_size"
+    """max_batch_size: the axis searched (the other stays at its configured value)."""
+    min_size: Annotated[int, Field(ge=1)] = 1
+    max_size: Annotated[int, Field(ge=1)] = 4096
+    """max_batch_size: the search starts at min_size and stops at max_size."""
     fault: Literal["none", "crash", "hang", "error", "oom"] = "none"
     """Inject a failure into the case process (to test the runner): crash = abort(), hang =
     sleep forever, error = raise RuntimeError, oom = raise torch.OutOfMemoryError."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.metadata
 import os
@@ -9,6 +10,8 @@ import platform
 import socket
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,9 @@ def host_info() -> dict[str, Any]:
     }
 
 
+GPU_COLUMNS = ("compute_capability", "gpu_sm_clock_mhz", "gpu_power_limit_w", "gpu_other_processes")
+
+
 def device_info(device: Any) -> dict[str, Any]:
     """Columns describing the torch device a case ran on (GPU columns null on CPU)."""
     import torch
@@ -83,29 +89,74 @@ def device_info(device: Any) -> dict[str, Any]:
             "device_memory_bytes": psutil.virtual_memory().total,
             "driver_version": None,
             "cuda_version": None,
+            **dict.fromkeys(GPU_COLUMNS),
         }
     props = torch.cuda.get_device_properties(device)
-    return {
+    info = {
         "device_type": "cuda",
         "device_name": props.name,
         "device_memory_bytes": int(props.total_memory),
-        "driver_version": _nvml_driver(),
+        "driver_version": None,
         "cuda_version": torch.version.cuda,
+        **dict.fromkeys(GPU_COLUMNS),
+        "compute_capability": f"{props.major}.{props.minor}",
     }
+    with nvml_handle(device) as (nvml, handle):
+        if handle is not None:
+            info["driver_version"] = _text(nvml.nvmlSystemGetDriverVersion())
+            info["gpu_sm_clock_mhz"] = nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_SM)
+            info["gpu_power_limit_w"] = nvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
+            others = [
+                p for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle) if p.pid != os.getpid()
+            ]
+            info["gpu_other_processes"] = len(others)
+            if others:
+                warnings.warn(
+                    f"GPU {props.name} is shared with {len(others)} other process(es): "
+                    "memory and speed figures may be disturbed",
+                    stacklevel=2,
+                )
+    return info
 
 
-def _nvml_driver() -> str | None:
+def nvml_process_memory(device: Any) -> int | None:
+    """Device memory NVML attributes to this process (driver view: context + allocator cache)."""
+    with nvml_handle(device) as (nvml, handle):
+        if handle is None:
+            return None
+        for p in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+            if p.pid == os.getpid():
+                return int(p.usedGpuMemory) if p.usedGpuMemory is not None else None
+    return None
+
+
+@contextlib.contextmanager
+def nvml_handle(device: Any) -> Iterator[tuple[Any, Any]]:
+    """(pynvml, handle) of the torch device, found by PCI bus id so that NVML and torch agree
+    whatever CUDA_DEVICE_ORDER and CUDA_VISIBLE_DEVICES say; (None, None) without NVML."""
+    import torch
+
     try:
         import pynvml
 
         pynvml.nvmlInit()
+    except Exception:  # no NVML library or no driver: GPU columns stay null
+        yield None, None
+        return
+    try:
+        props = torch.cuda.get_device_properties(device)
+        bus = f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0"
         try:
-            v = pynvml.nvmlSystemGetDriverVersion()
-            return v.decode() if isinstance(v, bytes) else str(v)
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # NVML missing or no driver: the column stays null
-        return None
+            handle = pynvml.nvmlDeviceGetHandleByPciBusId(bus)
+        except pynvml.NVMLError:
+            handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        yield pynvml, handle
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
 
 
 if __name__ == "__main__":  # pragma: no cover - manual check

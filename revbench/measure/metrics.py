@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from revbench.measure import batch, drift
 from revbench.registry import Registry
 from revbench.results import Column
 
@@ -26,6 +27,11 @@ if TYPE_CHECKING:
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
+Outcome = tuple[str, "str | None", dict[str, Any]]
+"""(status, error, columns) of one child process."""
+RunChild = Callable[..., Outcome]
+
+
 @dataclasses.dataclass(frozen=True)
 class Metric:
     columns: tuple[Column, ...]
@@ -33,6 +39,10 @@ class Metric:
     """Runs inside the case's child process; returns values for ``columns``."""
     env: dict[str, str] = dataclasses.field(default_factory=dict)
     """Extra environment of the child process (read at process start, e.g. by glibc)."""
+    search: Callable[[Case, RunChild], Outcome] | None = None
+    """For metrics made of many trials: runs in the parent and calls ``run(variant)`` to measure
+    one variant of the case in a fresh child (``measure`` is then the trial), or
+    ``run(variant, other_metric)`` to measure another metric of it."""
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -60,6 +70,12 @@ _MEM_COLUMNS = (
         "bytes",
         "CUDA only: torch.cuda.max_memory_reserved (allocator cache included)",
     ),
+    Column(
+        "nvml_process_mem_bytes",
+        pa.int64(),
+        "bytes",
+        "CUDA only: device memory NVML attributes to the case process (context included)",
+    ),
     Column("param_bytes", pa.int64(), "bytes", "model parameters"),
     Column("grad_bytes", pa.int64(), "bytes", "gradients of the trainable parameters"),
     Column("optimizer_state_bytes", pa.int64(), "bytes", "optimizer state after the steps"),
@@ -69,6 +85,13 @@ _MEM_COLUMNS = (
         "bytes",
         "tensors saved for backward in one step (storages de-duplicated, parameters "
         "excluded, custom autograd Functions included)",
+    ),
+    Column(
+        "backward_transient_bytes",
+        pa.int64(),
+        "bytes",
+        "peak during a backward minus the memory in use when it started (the recompute of a "
+        "reversible block, gradients, temporaries)",
     ),
     Column(
         "memory_method",
@@ -82,41 +105,60 @@ _MEM_COLUMNS = (
 def measure_peak_memory(case: Case) -> dict[str, Any]:
     import torch
 
+    from revbench.measure.device import nvml_process_memory
     from revbench.measure.memory import SavedTensors, read_peak_rss, read_rss, reset_peak_rss
     from revbench.measure.step import build_train_step
 
     step = build_train_step(case)
     cuda = step.device.type == "cuda"
-    if cuda:
+
+    def reset() -> int:
+        """Restart the high-water mark; returns the memory in use now."""
+        if cuda:
+            step.synchronize()
+            torch.cuda.reset_peak_memory_stats(step.device)
+            return torch.cuda.memory_allocated(step.device)
+        reset_peak_rss()
+        return read_rss()
+
+    def peak() -> int:
         step.synchronize()
-        torch.cuda.reset_peak_memory_stats(step.device)
-        base = torch.cuda.memory_allocated(step.device)
+        return torch.cuda.max_memory_allocated(step.device) if cuda else read_peak_rss()
+
+    if cuda:
         method = "cuda_max_allocated"
     else:
         method = ("vmhwm" if reset_peak_rss() else "ru_maxrss") + "+mmap65536"
-        base = read_rss()
-
+    base = reset()
     with SavedTensors(step.model.parameters()) as saved:
         step.forward_backward()
     step.optimizer.step()
     step.optimizer.zero_grad(set_to_none=True)
     for _ in range(case.measure["warmup"] + case.measure["steps"] - 1):
         step()
-    step.synchronize()
+    step_peak = peak()
+    reserved = torch.cuda.max_memory_reserved(step.device) if cuda else None
+    nvml = nvml_process_memory(step.device) if cuda else None
 
-    if cuda:
-        peak = torch.cuda.max_memory_allocated(step.device)
-        reserved: int | None = torch.cuda.max_memory_reserved(step.device)
-    else:
-        peak, reserved = read_peak_rss(), None
+    # One more step, with the high-water mark restarted between forward and backward: what the
+    # backward adds on top of the saved activations (reversible: the block being recomputed).
+    with step.autocast():
+        out = step.model(step.input_ids, labels=step.input_ids)
+    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+    before_backward = reset()
+    loss.backward()
+    backward_transient = peak() - before_backward if method != "ru_maxrss+mmap65536" else None
+    step.optimizer.zero_grad(set_to_none=True)
     return {
-        "peak_mem_bytes": peak,
-        "peak_mem_delta_bytes": peak - base,
+        "peak_mem_bytes": step_peak,
+        "peak_mem_delta_bytes": step_peak - base,
         "peak_mem_reserved_bytes": reserved,
+        "nvml_process_mem_bytes": nvml,
         "param_bytes": step.param_bytes(),
         "grad_bytes": step.grad_bytes(),
         "optimizer_state_bytes": step.optimizer_state_bytes(),
         "activation_bytes": saved.bytes,
+        "backward_transient_bytes": backward_transient,
         "memory_method": method,
     }
 
@@ -137,6 +179,27 @@ _TIME_COLUMNS = (
     Column("tokens_per_s", pa.float64(), "tokens/s", "batch tokens / median step time"),
     Column("samples_per_s", pa.float64(), "samples/s", "batch size / median step time"),
     Column("timed_steps", pa.int32(), "", "number of timed steps after warmup"),
+    Column(
+        "model_flops_per_step",
+        pa.int64(),
+        "FLOP",
+        "analytic forward + backward FLOPs of one step (measure/flops.py)",
+    ),
+    Column(
+        "hardware_flops_per_step",
+        pa.int64(),
+        "FLOP",
+        "model FLOPs + the forward recomputed by checkpointed/reversible models",
+    ),
+    Column("model_tflops_per_s", pa.float64(), "TFLOP/s", "model FLOPs / median step time"),
+    Column(
+        "peak_tflops",
+        pa.float64(),
+        "TFLOP/s",
+        "peak dense rate of the GPU for the dtype (null on CPU or an unknown GPU)",
+    ),
+    Column("mfu", pa.float64(), "", "model FLOP utilisation (model FLOPs/s over peak)"),
+    Column("hfu", pa.float64(), "", "hardware FLOP utilisation (with recompute)"),
 )
 
 
@@ -149,6 +212,8 @@ def _percentile(sorted_xs: list[float], q: float) -> float:
 
 
 def measure_throughput(case: Case) -> dict[str, Any]:
+    from revbench.measure.device import device_info
+    from revbench.measure.flops import training_step_flops, utilisation
     from revbench.measure.step import build_train_step
 
     step = build_train_step(case)
@@ -163,7 +228,18 @@ def measure_throughput(case: Case) -> dict[str, Any]:
         times.append(time.perf_counter() - t0)
     times.sort()
     median = statistics.median(times)
+    cfg = step.model.config
+    batch, seq = step.input_ids.shape
+    dev = device_info(step.device)
+    util = utilisation(
+        training_step_flops(cfg, batch, seq),
+        median,
+        dev["device_type"],
+        dev["device_name"],
+        case.train["dtype"],
+    )
     return {
+        **util,
         "step_time_s_median": median,
         "step_time_s_p10": _percentile(times, 0.10),
         "step_time_s_p90": _percentile(times, 0.90),
@@ -177,4 +253,73 @@ METRICS.add(
     "throughput",
     Metric(_TIME_COLUMNS, measure_throughput),
     "median/p10/p90 time of a full training step after warmup; tokens/s and samples/s",
+)
+
+
+# --- max_batch_size ------------------------------------------------------------------------
+
+METRICS.add(
+    "max_batch_size",
+    Metric(batch.COLUMNS, batch.measure_trial, env=MMAP_ENV, search=batch.search),
+    "largest batch (or seq_len) whose full training steps fit the memory budget; "
+    "one fresh process per trial",
+)
+
+
+# --- reconstruction ------------------------------------------------------------------------
+
+METRICS.add(
+    "reconstruction",
+    Metric(drift.COLUMNS, drift.measure_reconstruction),
+    "reversible models: rebuilt-state error per layer and gradient agreement with autograd "
+    "at the case's dtype",
+)
+
+
+# --- throughput_at_max_batch ---------------------------------------------------------------
+
+_AT_MAX_COLUMNS = (
+    Column(
+        "max_batch_step_time_s_median",
+        pa.float64(),
+        "s",
+        "median step time at the model's own max batch size",
+    ),
+    Column(
+        "max_batch_tokens_per_s",
+        pa.float64(),
+        "tokens/s",
+        "throughput at the model's own max batch size (the papers' comparison)",
+    ),
+    Column(
+        "max_batch_samples_per_s",
+        pa.float64(),
+        "samples/s",
+        "samples/s at the model's own max batch size",
+    ),
+)
+
+
+def _throughput_at_max_batch(case: Case, run: RunChild) -> Outcome:
+    status, error, cols = batch.search(case, run)
+    best = cols.get("max_batch_size")
+    if status != "ok" or not best:
+        return status, error, cols
+    variant = dataclasses.replace(case, data={**case.data, "batch_size": best})
+    status, error, timing = run(variant, "throughput")
+    cols["max_batch_step_time_s_median"] = timing.get("step_time_s_median")
+    cols["max_batch_tokens_per_s"] = timing.get("tokens_per_s")
+    cols["max_batch_samples_per_s"] = timing.get("samples_per_s")
+    return status, error, cols
+
+
+METRICS.add(
+    "throughput_at_max_batch",
+    Metric(
+        (*batch.COLUMNS, *_AT_MAX_COLUMNS),
+        batch.measure_trial,
+        env=MMAP_ENV,
+        search=_throughput_at_max_batch,
+    ),
+    "max batch search, then throughput at that batch (each model at its own largest batch)",
 )

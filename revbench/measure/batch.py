@@ -1,0 +1,229 @@
+"""Max batch size (or sequence length) under a memory budget.
+
+Exponential growth from 1, then binary search between the last size that fit and the first that
+did not. Each trial is a fresh child process (the runner starts it; no allocator state leaks
+between trials) running ``measure.trial_steps`` full training steps. A trial fails on
+``torch.OutOfMemoryError`` (by type), on a process killed for memory, or on CPU when its
+measured footprint exceeds the budget less the headroom.
+
+Budget emulation: on CUDA ``torch.cuda.set_per_process_memory_fraction`` caps the allocator at
+``budget * (1 - headroom)``. On CPU the footprint is the process high-water mark (VmHWM) minus
+the resident memory before the model was built (the torch runtime, the analogue of a CUDA
+context), i.e. parameters + gradients + optimizer state + activations + transients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import pyarrow as pa
+
+from revbench.results import Column
+
+if TYPE_CHECKING:
+    from revbench.measure.metrics import Outcome
+    from revbench.suite import Case
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+BYTES_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$"
+
+
+def parse_bytes(text: str) -> int:
+    """``"24GiB"`` -> 25769803776; decimal (GB) and binary (GiB) units, case-insensitive."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).upper() if m else "?"
+    if not m or unit not in _UNITS:
+        raise ValueError(f"not a memory size: {text!r} (use e.g. 512MiB, 24GiB, 80GB)")
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+class Trial(NamedTuple):
+    size: int
+    fits: bool
+    peak_bytes: int | None
+    status: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    best: int | None
+    """Largest size that fit; None when even ``start`` did not."""
+    trials: tuple[Trial, ...]
+    capped: bool
+    """The search stopped at ``cap`` with everything fitting."""
+
+
+def search_max(
+    try_size: Callable[[int], Trial], *, start: int = 1, cap: int = 4096
+) -> SearchResult:
+    """Largest size in [start, cap] for which ``try_size`` fits, assuming fitting is monotone.
+
+    Trials: doubling until the first failure (or the cap), then bisection of the gap, so a limit
+    L with 2^k <= L < 2^(k+1) (from start=1) costs k + 2 + k trials and no size is tried twice.
+    """
+    trials: list[Trial] = []
+
+    def attempt(size: int) -> bool:
+        t = try_size(size)
+        trials.append(t)
+        return t.fits
+
+    lo, hi = None, None  # lo fits, hi does not
+    size = start
+    while True:
+        if attempt(size):
+            lo = size
+            if size >= cap:
+                return SearchResult(lo, tuple(trials), capped=True)
+            size = min(size * 2, cap)
+        else:
+            hi = size
+            break
+    if lo is None:
+        return SearchResult(None, tuple(trials), capped=False)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if attempt(mid):
+            lo = mid
+        else:
+            hi = mid
+    return SearchResult(lo, tuple(trials), capped=False)
+
+
+TRIAL_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("size", pa.int64()),
+            ("fits", pa.bool_()),
+            ("peak_bytes", pa.int64()),
+            ("status", pa.string()),
+        ]
+    )
+)
+COLUMNS = (
+    Column(
+        "max_batch_size",
+        pa.int64(),
+        "samples",
+        "largest batch that fits the budget (search: batch_size); null when none fits",
+    ),
+    Column(
+        "max_seq_len", pa.int64(), "tokens", "largest sequence length that fits (search: seq_len)"
+    ),
+    Column(
+        "budget_bytes",
+        pa.int64(),
+        "bytes",
+        "memory budget of the search (device memory when no budget is set)",
+    ),
+    Column("search_trials", pa.int32(), "", "number of trials the search ran"),
+    Column("search_capped", pa.bool_(), "", "every size up to measure.max_size fit"),
+    Column(
+        "search_trial_list",
+        TRIAL_TYPE,
+        "",
+        "every trial: size, fits, peak_bytes (footprint), status",
+    ),
+)
+
+
+def measure_trial(case: Case) -> dict[str, Any]:
+    """Child side: run ``trial_steps`` full steps at the case's size; report the footprint."""
+    import torch
+
+    from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
+    from revbench.measure.step import build_train_step, resolve_device
+
+    m = case.measure
+    device = resolve_device(case.train["device"])
+    budget = _budget(case, device)
+    limit = int(budget * (1 - m["headroom"]))
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+        before = 0
+    else:
+        before = read_rss()
+        reset_peak_rss()
+    step = build_train_step(case)
+    for _ in range(m["trial_steps"]):
+        step()
+    step.synchronize()
+    peak = (
+        torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else read_peak_rss() - before
+    )
+    return {"trial_peak_bytes": peak, "trial_fits": peak <= limit, "budget_bytes": budget}
+
+
+def _budget(case: Case, device: Any) -> int:
+    if case.measure["budget"]:
+        return parse_bytes(case.measure["budget"])
+    if device.type == "cuda":
+        import torch
+
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def search(case: Case, run_trial: Callable[[Case], Outcome]) -> Outcome:
+    """Parent side: drive the search, one child process per trial (``run_trial``)."""
+    axis = case.measure["search"]
+    section = "data"
+    budget: list[int] = []
+    seen: list[dict[str, Any]] = []
+    failures: list[tuple[str, str | None]] = []
+
+    def try_size(size: int) -> Trial:
+        variant = dataclasses.replace(case, **{section: {**case.data, axis: size}})
+        status, error, cols = run_trial(variant)
+        if "budget_bytes" in cols:
+            budget.append(cols["budget_bytes"])
+            seen.append(cols)
+        if status == "timeout":
+            raise _Timeout(error)
+        if status not in ("ok", "oom"):
+            failures.append((status, error))
+        fits = status == "ok" and bool(cols.get("trial_fits"))
+        return Trial(size, fits, cols.get("trial_peak_bytes"), status)
+
+    cap = case.measure["max_size"]
+    if axis == "seq_len":
+        cap = min(cap, case.model["max_seq_len"])
+    try:
+        res = search_max(try_size, start=case.measure["min_size"], cap=cap)
+    except _Timeout as e:
+        return "timeout", str(e.args[0]), {}
+    last = {k: v for k, v in seen[-1].items() if not k.startswith("trial_")} if seen else {}
+    cols = {
+        **last,
+        "max_batch_size" if axis == "batch_size" else "max_seq_len": res.best,
+        "budget_bytes": budget[0] if budget else None,
+        "search_trials": len(res.trials),
+        "search_capped": res.capped,
+        "search_trial_list": [t._asdict() for t in res.trials],
+    }
+    if failures:  # a trial crashed for a reason other than memory: the figure is not trustworthy
+        return failures[0][0], failures[0][1], cols
+    return "ok", None, cols
+
+
+class _Timeout(Exception):
+    pass

@@ -1,0 +1,131 @@
+"""Analytic FLOPs of a training step, and FLOP utilisation against the GPU's peak dense rate.
+
+Conventions are those of ``torch.utils.flop_counter.FlopCounterMode`` (a multiply-add is 2
+FLOPs; only matrix products count; attention scores are counted in full, not halved for the
+causal mask; the attention backward is 2.5x its forward, as flash attention recomputes the
+scores), so the count can be checked against it (tests/test_flops.py).
+
+* model FLOPs: forward + backward, what the maths of the model needs;
+* hardware FLOPs: model FLOPs + the forward recomputed during backward by checkpointed and
+  reversible models (one extra forward of every block), what the device really executes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from revbench.models import ModelConfig
+
+SDPA_BACKWARD_FACTOR = 2.5
+RECOMPUTING_ARCHS = {"midpoint", "leapfrog", "hamiltonian", "revnet", "revffn"}
+
+# Peak dense (no sparsity) rates in TFLOP/s by GPU model, from the vendors' datasheets:
+# (bf16/fp16 tensor core, fp32 without TF32). Matched by substring of the device name, first hit.
+PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
+    ("H100 PCIe", 756.0, 51.2),
+    ("H100", 989.4, 66.9),  # SXM
+    ("H200", 989.4, 66.9),
+    ("H800", 989.4, 66.9),
+    ("A100", 312.0, 19.5),
+    ("L40S", 362.1, 91.6),
+    ("A10G", 70.0, 31.2),
+    ("A10", 125.0, 31.2),
+    ("RTX 6000 Ada", 364.2, 91.1),
+    ("RTX A6000", 154.8, 38.7),
+    ("RTX 6000", 130.5, 16.3),  # Quadro RTX 6000 (Turing), fp16 tensor rate
+    ("V100", 125.0, 15.7),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFlops:
+    forward: int
+    backward: int
+    recompute: int
+
+    @property
+    def model(self) -> int:
+        return self.forward + self.backward
+
+    @property
+    def hardware(self) -> int:
+        return self.model + self.recompute
+
+
+def block_forward_flops(cfg: ModelConfig, batch: int, seq: int) -> tuple[int, int, int]:
+    """(matmul FLOPs, attention-score FLOPs, MLP down-projection FLOPs) of one block's forward."""
+    tokens = batch * seq
+    d = cfg.d_model
+    proj = 2 * tokens * 4 * d * d  # q, k, v and output projections
+    mlp = 2 * tokens * d * cfg.d_ff * (2 if cfg.block == "gpt2" else 3)  # GELU MLP / SwiGLU
+    scores = 2 * 2 * batch * seq * seq * d  # Q K^T and P V over all heads
+    down = 2 * tokens * cfg.d_ff * d
+    return proj + mlp, scores, down
+
+
+def training_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
+    """FLOPs of one training step (forward, backward, recompute) of ``cfg`` at this shape."""
+    mm, scores, down = block_forward_flops(cfg, batch, seq)
+    blocks = cfg.n_layers + (
+        1 if cfg.arch in {"midpoint", "leapfrog"} and cfg.init_state == "euler" else 0
+    )
+    head = 2 * batch * seq * cfg.d_model * cfg.vocab_size
+    forward = blocks * (mm + scores) + head
+    backward = blocks * (2 * mm + int(SDPA_BACKWARD_FACTOR * scores)) + 2 * head
+    if cfg.arch in RECOMPUTING_ARCHS:
+        recompute = blocks * (mm + scores)
+    elif cfg.checkpointing:
+        # Non-reentrant checkpointing stops recomputing once every tensor the backward needs is
+        # back: the MLP's down projection, whose output nobody saved, is skipped.
+        recompute = blocks * (mm + scores - down)
+    else:
+        recompute = 0
+    return StepFlops(forward, backward, recompute)
+
+
+def peak_tflops(device_name: str | None, dtype: str) -> float | None:
+    """Peak dense TFLOP/s of a GPU for the step's dtype; None when the GPU is not in the table."""
+    if not device_name:
+        return None
+    for key, half, fp32 in PEAK_TFLOPS:
+        if key.lower() in device_name.lower():
+            return half if dtype in ("bfloat16", "float16") else fp32
+    return None
+
+
+def utilisation(
+    flops: StepFlops, step_time_s: float, device_type: str, device_name: str, dtype: str
+) -> dict[str, Any]:
+    peak = peak_tflops(device_name, dtype) if device_type == "cuda" else None
+    achieved = flops.model / step_time_s / 1e12
+    return {
+        "model_flops_per_step": flops.model,
+        "hardware_flops_per_step": flops.hardware,
+        "model_tflops_per_s": achieved,
+        "peak_tflops": peak,
+        "mfu": achieved / peak if peak else None,
+        "hfu": flops.hardware / step_time_s / 1e12 / peak if peak else None,
+    }
+
+
+def register_cpu_attention_formulas() -> None:
+    """Teach FlopCounterMode the CPU flash-attention kernels (torch counts only the CUDA ones),
+    with the same formulas it uses for CUDA attention."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    fwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    bwd = getattr(aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+    if fwd is None or bwd is None or fwd in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(fwd)
+    def _fwd(query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+        return fc.sdpa_flop_count(query, key, value)  # shapes, not tensors
+
+    @fc.register_flop_formula(bwd)
+    def _bwd(grad_out: Any, query: Any, key: Any, value: Any, *args: Any, **kwargs: Any) -> int:
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
