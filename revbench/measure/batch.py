@@ -146,7 +146,7 @@ def measure_trial(case: Case) -> dict[str, Any]:
     import torch
 
     from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
-    from revbench.measure.step import build_train_step, resolve_device
+    from revbench.measure.step import build_train_step, resolve_device, warm_runtime
 
     m = case.measure
     device = resolve_device(case.train["device"])
@@ -157,6 +157,7 @@ def measure_trial(case: Case) -> dict[str, Any]:
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
         before = 0
     else:
+        warm_runtime(case)
         before = read_rss()
         reset_peak_rss()
     step = build_train_step(case)

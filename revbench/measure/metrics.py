@@ -62,7 +62,15 @@ _MEM_COLUMNS = (
         "peak_mem_delta_bytes",
         pa.int64(),
         "bytes",
-        "peak minus the memory in use once model and optimizer were built",
+        "peak minus runtime_mem_bytes: what training the model takes (parameters, gradients, "
+        "optimizer state, activations, transients); comparable across CPU and CUDA",
+    ),
+    Column(
+        "runtime_mem_bytes",
+        pa.int64(),
+        "bytes",
+        "memory in use before the model was built (CPU: the torch runtime's RSS; CUDA: 0 "
+        "allocated)",
     ),
     Column(
         "peak_mem_reserved_bytes",
@@ -107,10 +115,13 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
 
     from revbench.measure.device import nvml_process_memory
     from revbench.measure.memory import SavedTensors, read_peak_rss, read_rss, reset_peak_rss
-    from revbench.measure.step import build_train_step
+    from revbench.measure.step import build_train_step, resolve_device, warm_runtime
 
+    cuda = resolve_device(case.train["device"]).type == "cuda"
+    if not cuda:
+        warm_runtime(case)
+    runtime = 0 if cuda else read_rss()  # the warmed torch runtime, before the model exists
     step = build_train_step(case)
-    cuda = step.device.type == "cuda"
 
     def reset() -> int:
         """Restart the high-water mark; returns the memory in use now."""
@@ -129,7 +140,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
         method = "cuda_max_allocated"
     else:
         method = ("vmhwm" if reset_peak_rss() else "ru_maxrss") + "+mmap65536"
-    base = reset()
+    reset()
     with SavedTensors(step.model.parameters()) as saved:
         step.forward_backward()
     step.optimizer.step()
@@ -151,7 +162,8 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     step.optimizer.zero_grad(set_to_none=True)
     return {
         "peak_mem_bytes": step_peak,
-        "peak_mem_delta_bytes": step_peak - base,
+        "peak_mem_delta_bytes": step_peak - runtime,
+        "runtime_mem_bytes": runtime,
         "peak_mem_reserved_bytes": reserved,
         "nvml_process_mem_bytes": nvml,
         "param_bytes": step.param_bytes(),
