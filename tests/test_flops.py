@@ -65,3 +65,21 @@ def test_peak_table_and_utilisation() -> None:
     assert u["hfu"] == u["mfu"]  # the baseline recomputes nothing
     cpu = utilisation(flops, 0.5, "cpu", "Intel Xeon", "float32")
     assert cpu["mfu"] is None and cpu["model_tflops_per_s"] > 0
+
+
+def test_euler_start_counts_one_more_block() -> None:
+    register_cpu_attention_formulas()
+    cfg = ModelConfig(
+        arch="midpoint",
+        init_state="euler",
+        vocab_size=96,
+        d_model=32,
+        n_heads=4,
+        n_layers=2,
+        max_seq_len=24,
+    )
+    model = build_model(cfg)
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        model(ids, labels=ids).loss.backward()
+    assert counter.get_total_flops() == training_step_flops(cfg, 2, 24).hardware
