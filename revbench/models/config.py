@@ -47,7 +47,8 @@ class ModelConfig:
     # --- training behaviour ---
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     checkpointing: bool = False
-    """Wrap each block of a residual (non-reversible) model in non-reentrant checkpointing."""
+    """Wrap each block of a residual (non-reversible) model in non-reentrant checkpointing.
+    Reversible architectures reject it: they already keep no per-layer activations."""
 
     # --- reversible schemes (Gal et al.) ---
     step_size: Annotated[float, Field(gt=0)] = 1.0
@@ -71,6 +72,12 @@ class ModelConfig:
             raise ValueError(
                 f"block 'llama' needs an even head size for rotary embeddings; "
                 f"d_model/n_heads = {self.d_model // self.n_heads}"
+            )
+        builder = ARCHITECTURES.get(self.arch) if self.arch in ARCHITECTURES else None
+        if self.checkpointing and getattr(builder, "reversible", False):
+            raise ValueError(
+                f"checkpointing applies to residual models; arch '{self.arch}' is reversible and "
+                "already keeps no per-layer activations (set checkpointing: false)"
             )
         if self.a is not None and self.a == 0:
             raise ValueError("a must be non-zero: the midpoint inverse divides by a")

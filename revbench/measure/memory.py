@@ -1,0 +1,123 @@
+"""Memory trackers: tensors saved for backward, and the process's resident-set high-water mark.
+
+Two figures, because on CPU neither alone is the truth (MEASUREMENT-NOTES.md):
+
+* ``SavedTensors`` counts the bytes autograd keeps between forward and backward, storage by
+  storage: the activation memory a scheme is responsible for, free of allocator effects.
+* ``read_peak_rss`` reads what the OS saw (VmHWM). glibc keeps freed heap, so run it in a child
+  with ``MALLOC_MMAP_THRESHOLD_=65536`` for it to follow live tensor memory.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Iterable
+from types import TracebackType
+
+import psutil
+import torch
+
+
+def _in_backward() -> bool:
+    # -1 outside a backward pass. Private, but it is what torch.utils.checkpoint itself uses to
+    # tell forward from backward; without it, the recompute graphs a reversible backward builds
+    # (one block at a time, freed as it goes) would be summed as if they all lived at once.
+    return torch._C._current_graph_task_id() != -1
+
+
+def _storage(t: torch.Tensor) -> tuple[int, int]:
+    """(key, bytes) of the storage behind ``t``; views of one storage share the key."""
+    try:
+        st = t.untyped_storage()
+        return st.data_ptr(), st.nbytes()
+    except (RuntimeError, NotImplementedError):  # storage-less tensors (sparse, subclasses)
+        return id(t), t.numel() * t.element_size()
+
+
+class SavedTensors:
+    """Context manager: bytes of the tensors autograd saves for backward while it is open.
+
+    Counts every tensor packed by ``torch.autograd.graph.saved_tensors_hooks`` outside a backward
+    pass, which includes what custom autograd Functions keep with ``ctx.save_for_backward`` and the
+    inputs non-reentrant checkpointing keeps. Storages are de-duplicated (a tensor and its views
+    count once) and parameters are excluded. Tensors saved inside a non-reentrant checkpoint region
+    are not seen (its own hooks take them, and it keeps none). ``.bytes`` is set on exit.
+
+    >>> with SavedTensors(model.parameters()) as saved:
+    ...     model(ids, labels=ids).loss.backward()
+    >>> saved.bytes
+    """
+
+    def __init__(self, exclude: Iterable[torch.Tensor | int] = ()) -> None:
+        """``exclude``: parameters (or any tensors) whose storage is not activation memory, or
+        their storages' ``data_ptr()`` values."""
+        self._exclude = {_storage(t)[0] if isinstance(t, torch.Tensor) else int(t) for t in exclude}
+        self._seen: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+        self.bytes = 0
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        if not _in_backward():
+            key, nbytes = _storage(t)
+            if key not in self._exclude:
+                self._seen[key] = max(nbytes, self._seen.get(key, 0))
+        return t
+
+    @staticmethod
+    def _unpack(t: torch.Tensor) -> torch.Tensor:
+        return t
+
+    def __enter__(self) -> SavedTensors:
+        self._seen.clear()
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._hooks.__exit__(exc_type, exc, tb)
+        self.bytes = sum(self._seen.values())
+
+
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status in bytes, or None where there is no procfs."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's RSS high-water mark (VmHWM) to its current RSS.
+
+    Writes "5" to /proc/self/clear_refs (Linux >= 4.0). Returns False where that is not
+    supported; ``read_peak_rss`` then falls back to the never-reset ``ru_maxrss``.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _status_bytes("VmHWM") is not None
+
+
+def read_peak_rss() -> int:
+    """Peak resident set size in bytes: VmHWM, else ``ru_maxrss`` (process lifetime peak)."""
+    hwm = _status_bytes("VmHWM")
+    if hwm is not None:
+        return hwm
+    # Linux reports ru_maxrss in KiB (macOS in bytes; revbench's CPU numbers come from Linux).
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def read_rss() -> int:
+    """Current resident set size in bytes (VmRSS, else psutil)."""
+    rss = _status_bytes("VmRSS")
+    return rss if rss is not None else psutil.Process().memory_info().rss

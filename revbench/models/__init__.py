@@ -1,0 +1,22 @@
+"""The model zoo: every architecture behind one builder, ``build_model(cfg)``.
+
+Importing this package registers the architectures (``residual``, ``reversible``) in
+``ARCHITECTURES``; ``revbench list`` prints them.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from revbench.models import residual, reversible  # noqa: F401  (registers the architectures)
+from revbench.models.config import ARCHITECTURES, ModelConfig
+from revbench.models.output import ModelOutput
+from revbench.models.reversible import reconstruction_errors
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised model of ``cfg.arch`` (float32, CPU, train mode)."""
+    return ARCHITECTURES.get(cfg.arch)(cfg)
+
+
+__all__ = ["ARCHITECTURES", "ModelConfig", "ModelOutput", "build_model", "reconstruction_errors"]

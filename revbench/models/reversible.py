@@ -1,0 +1,270 @@
+"""Reversible transformers: one autograd Function over the whole stack, and the architectures.
+
+The Function (memcnn's ``InvertibleModuleWrapper`` in spirit) knows nothing about any scheme: it
+gets a list of ``(scheme, block)`` steps (``schemes.py``) and the blocks' parameters as
+``*weights``. Its forward runs every step under ``no_grad`` and saves only the final pair of
+states. Its backward walks the steps in reverse; per step it calls ``scheme.inverse_step`` once,
+which recomputes the step's one branch with grad enabled, rebuilds the previous state from it
+(detached arithmetic), and returns the local graph that ``torch.autograd.grad`` backpropagates
+through. One extra forward per branch, never an inverse pass followed by a recompute.
+
+Semantics worth knowing:
+
+* Dropout: when training with ``dropout > 0`` the RNG state (CPU, plus the device's) is captured
+  before each step and restored for its recompute, as ``torch.utils.checkpoint`` does, so the
+  recomputed masks are the forward's.
+* Autocast: the residual stream stays in its own dtype (float32); branch outputs in bf16/fp16 are
+  promoted when added to it. The autocast state of the forward is re-entered for the recompute.
+* The plain path (no Function) runs whenever no gradient is needed (``no_grad``, inference mode,
+  nothing requires grad) and when ``model.reversible_backprop`` is False; the latter is the same
+  math under ordinary autograd, activations stored. Eval mode alone does not switch paths: eval
+  with grad enabled (e.g. fine-tuning without dropout) still wants the memory saving.
+* ``torch.autograd.grad(loss, params)`` works; double backward (``create_graph=True``) raises.
+* ``checkpointing: true`` is rejected for reversible architectures (ModelConfig raises): they
+  already keep nothing per layer, so a checkpointed reversible model would be the same model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import get_device_states, set_device_states
+
+from revbench.errors import ConfigError
+from revbench.models.blocks import Block
+from revbench.models.config import ARCHITECTURES, ModelConfig
+from revbench.models.output import LanguageModel
+from revbench.models.schemes import AdditiveCoupling, Leapfrog, Midpoint, Scheme, State
+
+Step = tuple[Scheme, Block]
+
+
+class _RngState:
+    """The CPU and device RNG states at one point of the forward (a few KiB)."""
+
+    def __init__(self, like: Tensor) -> None:
+        self.cpu = torch.get_rng_state()
+        self.devices, self.device_states = get_device_states(like)
+
+    @contextlib.contextmanager
+    def restored(self) -> Iterator[None]:
+        # fork_rng so the backward leaves the caller's RNG stream where it was.
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.cpu)
+            set_device_states(self.devices, self.device_states)
+            yield
+
+
+def _autocast_state(device_type: str) -> dict[str, Any]:
+    return {
+        "device_type": device_type,
+        "enabled": torch.is_autocast_enabled(device_type),
+        "dtype": torch.get_autocast_dtype(device_type),
+    }
+
+
+class ReversibleFunction(torch.autograd.Function):
+    """Runs ``steps`` on the state (x0, x1) keeping nothing per step; rebuilds in backward."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        steps: Sequence[Step],
+        preserve_rng: bool,
+        x0: Tensor,
+        x1: Tensor,
+        *weights: Tensor,
+    ) -> State:
+        ctx.steps, ctx.weights = steps, weights
+        ctx.autocast = _autocast_state(x0.device.type)
+        ctx.rng = []
+        state: State = (x0, x1)
+        with torch.no_grad():
+            for scheme, block in steps:
+                if preserve_rng:
+                    ctx.rng.append(_RngState(x0))
+                state = scheme.forward_step(state, block)
+        # A slot carried through unchanged (one-layer midpoint) is still an input; autograd wants
+        # outputs of its own.
+        state = tuple(s.clone() if s is x0 or s is x1 else s for s in state)  # type: ignore[assignment]
+        ctx.save_for_backward(*state)
+        return state
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None) -> tuple[Tensor | None, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "reversible backprop does not support double backward (create_graph=True); "
+                "set model.reversible_backprop = False for higher-order gradients"
+            )
+        y = ctx.saved_tensors
+        g = [gr if gr is not None else torch.zeros_like(s) for gr, s in zip(grads, y, strict=True)]
+        index = {id(w): i for i, w in enumerate(ctx.weights)}
+        wgrads: list[Tensor | None] = [None] * len(ctx.weights)
+        for i in reversed(range(len(ctx.steps))):
+            scheme, block = ctx.steps[i]
+            params = [p for p in block.parameters() if p.requires_grad]
+            rng = ctx.rng[i].restored() if ctx.rng else contextlib.nullcontext()
+            with torch.enable_grad(), torch.autocast(**ctx.autocast), rng:
+                # Views, not leaves: module backward hooks (FlopCounterMode's ModuleTracker) hang
+                # multi-grad hooks on block inputs, which torch refuses on leaves in autograd.grad.
+                leaves = tuple(t.detach().requires_grad_().view_as(t) for t in y)
+                x, y_hat = scheme.inverse_step(leaves, block)
+                out = torch.autograd.grad(y_hat, (*x, *params), g, allow_unused=True)
+            g = [
+                gx if gx is not None else torch.zeros_like(t)
+                for gx, t in zip(out[:2], x, strict=True)
+            ]
+            for p, gp in zip(params, out[2:], strict=True):
+                if gp is not None:
+                    j = index[id(p)]
+                    wgrads[j] = gp if wgrads[j] is None else wgrads[j] + gp
+            y = tuple(t.detach() for t in x)
+            del leaves, x, y_hat, out  # this step's graph and grads go before the next recompute
+        need = ctx.needs_input_grad
+        return (None, None, g[0] if need[2] else None, g[1] if need[3] else None, *wgrads)
+
+
+class ReversibleLM(LanguageModel):
+    """A language model whose trunk is a sequence of reversible steps on a pair of states.
+
+    ``prologue`` steps (the Euler start) run before the ``n_layers`` layers of
+    ``steps_per_layer`` steps each; ``readout`` maps the final pair to what the head reads.
+    """
+
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        layer: Callable[[Block], list[Step]],
+        readout: Callable[[State], Tensor],
+        prologue: Callable[[Block], list[Step]] | None = None,
+    ) -> None:
+        if cfg.checkpointing:  # ModelConfig rejects this too; kept for direct construction
+            raise ConfigError(f"arch '{cfg.arch}' is reversible; checkpointing must be false")
+        # torch.autograd.grad with grad_outputs imports symbolic_shapes (and sympy, ~35 MB of
+        # Python objects) on first use. Importing it here puts that one-time cost before any
+        # memory baseline taken after building the model, not inside the first measured backward.
+        importlib.import_module("torch.fx.experimental.symbolic_shapes")
+        super().__init__(cfg)
+        self.reversible_backprop = True
+        self.readout = readout
+        pro = prologue(self.blocks[0]) if prologue else []
+        layers = [layer(b) for b in self.blocks]
+        # Plain list: the blocks are registered once, in self.blocks.
+        self.steps: list[Step] = pro + [s for steps in layers for s in steps]
+        self.n_prologue = len(pro)
+        self.steps_per_layer = len(layers[0])
+
+    def run_steps(self, state: State) -> State:
+        """The plain path: every step under ordinary autograd (or none)."""
+        for scheme, block in self.steps:
+            state = scheme.forward_step(state, block)
+        return state
+
+    def trunk(self, x: Tensor) -> Tensor:
+        weights = tuple(self.blocks.parameters())
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(w.requires_grad for w in weights)
+        )
+        if self.reversible_backprop and needs_grad:
+            preserve_rng = self.training and self.config.dropout > 0
+            state = ReversibleFunction.apply(self.steps, preserve_rng, x, x, *weights)
+        else:
+            state = self.run_steps((x, x))
+        return self.readout(state)
+
+
+def _last(state: State) -> Tensor:
+    return state[1]
+
+
+def _mean(state: State) -> Tensor:
+    return 0.5 * (state[0] + state[1])
+
+
+def _euler_start(cfg: ModelConfig) -> Callable[[Block], list[Step]] | None:
+    """p_0 = p_{-1} + h f_1(p_{-1}) with the FIRST block's weights (shared with layer 1, so the
+    parameter count equals the baseline's); a step of the Function, rebuilt like the others."""
+    if cfg.init_state == "embedding":
+        return None
+    return lambda block: [(AdditiveCoupling(1, "f", cfg.step_size), block)]
+
+
+def _coupling_layer(block: Block) -> list[Step]:
+    return [(AdditiveCoupling(0, "attn_branch"), block), (AdditiveCoupling(1, "mlp_branch"), block)]
+
+
+def _register(name: str, description: str) -> Callable[[Any], Any]:
+    """Register a reversible builder; ``reversible`` lets ModelConfig reject checkpointing."""
+
+    def deco(fn: Callable[[ModelConfig], ReversibleLM]) -> Callable[[ModelConfig], ReversibleLM]:
+        fn.reversible = True  # type: ignore[attr-defined]
+        return ARCHITECTURES.register(name, description)(fn)
+
+    return deco
+
+
+@_register("midpoint", "p_{l+1} = p_{l-1} + 2h f(p_l) (Gal et al. Eq. 2.4; generalised with a)")
+def build_midpoint(cfg: ModelConfig) -> ReversibleLM:
+    scheme = Midpoint(cfg.step_size, cfg.a)
+    return ReversibleLM(cfg, lambda b: [(scheme, b)], _last, _euler_start(cfg))
+
+
+@_register("leapfrog", "p_{l+1} = 2 p_l - p_{l-1} + h^2 f(p_l) (Gal et al.)")
+def build_leapfrog(cfg: ModelConfig) -> ReversibleLM:
+    scheme = Leapfrog(cfg.step_size)
+    return ReversibleLM(cfg, lambda b: [(scheme, b)], _last, _euler_start(cfg))
+
+
+@_register("hamiltonian", "q += Attn(N1(p)); p += MLP(N2(q)) (Gal et al. Eqs. 2.8-2.9)")
+def build_hamiltonian(cfg: ModelConfig) -> ReversibleLM:
+    return ReversibleLM(cfg, _coupling_layer, _mean)
+
+
+@_register("revnet", "Y1 = X1 + Attn(N1(X2)); Y2 = X2 + MLP(N2(Y1)) (Gomez et al. 2017)")
+def build_revnet(cfg: ModelConfig) -> ReversibleLM:
+    return ReversibleLM(cfg, _coupling_layer, _mean)
+
+
+def _rel_error(rebuilt: State, true: State) -> float:
+    num = sum(
+        torch.linalg.vector_norm((r - t).double()) ** 2 for r, t in zip(rebuilt, true, strict=True)
+    )
+    den = sum(torch.linalg.vector_norm(t.double()) ** 2 for t in true)
+    return float((num / den) ** 0.5)
+
+
+@torch.no_grad()
+def reconstruction_errors(model: torch.nn.Module, input_ids: Tensor) -> list[float]:
+    """Relative error ||rebuilt - true|| / ||true|| of the state entering each layer.
+
+    Runs the forward keeping every state, then inverts step by step from the final states, each
+    inverse starting from the previous *rebuilt* state, as the reversible backward does. Entry
+    ``l`` is the pair entering layer ``l`` (both slots together). Dropout is off (eval mode) while
+    measuring; the model's mode is restored.
+    """
+    if not isinstance(model, ReversibleLM):
+        raise TypeError(f"{type(model).__name__} is not a reversible model")
+    was_training = model.training
+    model.eval()
+    try:
+        x = model.embed(input_ids)
+        states: list[State] = [(x, x)]
+        for scheme, block in model.steps:
+            states.append(scheme.forward_step(states[-1], block))
+        rebuilt = states[-1]
+        errors = []
+        for i in reversed(range(len(model.steps))):
+            scheme, block = model.steps[i]
+            rebuilt, _ = scheme.inverse_step(rebuilt, block)
+            layer_start = i - model.n_prologue
+            if layer_start >= 0 and layer_start % model.steps_per_layer == 0:
+                errors.append(_rel_error(rebuilt, states[i]))
+        return errors[::-1]
+    finally:
+        model.train(was_training)

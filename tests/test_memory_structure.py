@@ -1,0 +1,122 @@
+"""Memory structure: reversible models keep O(1) activations in depth, the baseline O(L).
+
+Two views (MEASUREMENT-NOTES.md): bytes autograd saves for backward (``SavedTensors``, exact and
+allocator-free), and the process high-water mark of a fresh child with large allocations forced
+onto mmap, so freed tensors leave the resident set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from revbench.measure.memory import SavedTensors, read_peak_rss, read_rss, reset_peak_rss
+from revbench.models import ModelConfig, build_model
+
+SHAPE = {"vocab_size": 64, "d_model": 32, "n_heads": 2, "max_seq_len": 64}
+
+
+def saved_bytes(n_layers: int, **overrides: object) -> int:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**{**SHAPE, "n_layers": n_layers, **overrides}))  # type: ignore[arg-type]
+    ids = torch.randint(64, (4, 64), generator=torch.Generator().manual_seed(0))
+    with SavedTensors(model.parameters()) as saved:
+        model(ids, labels=ids).loss.backward()
+    return saved.bytes
+
+
+@pytest.fixture(scope="module")
+def baseline_growth() -> int:
+    return saved_bytes(32, arch="baseline") - saved_bytes(4, arch="baseline")
+
+
+# Measured (batch 4 x seq 64, d_model 32, fp32), bytes at 4 -> 32 layers: baseline
+# 2,258,404 -> 17,110,500; checkpointed baseline 267,748 -> 1,185,252; midpoint and leapfrog
+# 169,444 both; hamiltonian and revnet 202,212 both (the two final states plus head and loss).
+@pytest.mark.parametrize("arch", ["midpoint", "leapfrog", "hamiltonian", "revnet"])
+def test_reversible_saved_bytes_flat_in_depth(arch: str, baseline_growth: int) -> None:
+    growth = saved_bytes(32, arch=arch) - saved_bytes(4, arch=arch)
+    assert baseline_growth > 10 * saved_bytes(4, arch=arch)  # activations dominate the setup
+    assert abs(growth) < 0.1 * baseline_growth
+
+
+def test_baseline_saved_bytes_linear_and_checkpointing_between(baseline_growth: int) -> None:
+    b4, b8 = saved_bytes(4, arch="baseline"), saved_bytes(8, arch="baseline")
+    assert b8 - b4 == pytest.approx(baseline_growth / 7, rel=0.01)  # same bytes per layer
+    ckpt = saved_bytes(32, arch="baseline", checkpointing=True) - saved_bytes(
+        4, arch="baseline", checkpointing=True
+    )
+    flat = saved_bytes(32, arch="midpoint") - saved_bytes(4, arch="midpoint")
+    assert flat < ckpt < 0.25 * baseline_growth  # block inputs only: one (B, T, C) per layer
+
+
+def test_saved_tensors_counts_custom_functions_dedups_and_excludes() -> None:
+    class Keep(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):  # type: ignore[override]
+            ctx.save_for_backward(x, x[1:])  # a view: same storage, counted once
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):  # type: ignore[override]
+            return g
+
+    w = torch.nn.Parameter(torch.ones(100, dtype=torch.float64))
+    x = torch.ones(100, dtype=torch.float64, requires_grad=True)
+    with SavedTensors([w]) as saved:
+        (Keep.apply(x) * w).sum().backward()  # mul saves w (excluded) and Keep's output
+    assert saved.bytes == 100 * 8 + 100 * 8  # x, and the clone that mul saves
+
+
+def test_rss_readers() -> None:
+    assert read_rss() > 0 and read_peak_rss() >= read_rss() // 2
+    if reset_peak_rss():
+        assert read_peak_rss() <= read_rss() + 16 * 2**20
+
+
+CHILD = r"""
+import json, sys, torch
+from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
+from revbench.models import ModelConfig, build_model
+torch.set_num_threads(1)
+torch.manual_seed(0)
+cfg = ModelConfig(arch=sys.argv[1], n_layers=int(sys.argv[2]), vocab_size=64, d_model=64,
+                  n_heads=2, max_seq_len=256)
+model = build_model(cfg)
+ids = torch.randint(64, (8, 256))
+base = read_rss()  # parameters included
+reset = reset_peak_rss()
+model(ids, labels=ids).loss.backward()
+grad = sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
+print(json.dumps({"reset": reset, "peak_delta": read_peak_rss() - base - grad}))
+"""
+
+
+def peak_delta(arch: str, n_layers: int) -> int:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    r = subprocess.run(
+        [sys.executable, "-c", CHILD, arch, str(n_layers)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    out = json.loads(r.stdout)
+    if not out["reset"]:
+        pytest.skip("no /proc/self/clear_refs: VmHWM cannot be reset here")
+    return out["peak_delta"]
+
+
+# Measured (batch 8 x seq 256, d_model 64, fp32, one fwd+bwd, minus param and grad bytes), peak
+# RSS growth over the memory before the step, 4 -> 32 layers: baseline 47.7 -> 269.8 MiB
+# (+222 MiB, ~7.9 MiB per layer); midpoint 30.2 -> 30.9 MiB (+0.6 MiB, 0.3% of that growth).
+def test_peak_rss_of_reversible_flat_in_depth() -> None:
+    base = peak_delta("baseline", 32) - peak_delta("baseline", 4)
+    rev = peak_delta("midpoint", 32) - peak_delta("midpoint", 4)
+    assert base > 100 * 2**20
+    assert abs(rev) < 0.1 * base, (rev, base)
