@@ -88,7 +88,10 @@ def _cmd_dashboard(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from revbench.report import report
+    try:
+        from revbench.report import report
+    except ImportError as e:
+        raise RevbenchError(f"report needs {e.name}: pip install 'revbench[dashboard]'") from None
 
     written = report(args.results, args.out, args.format, with_figures=not args.no_figures)
     for path in written:

@@ -1,0 +1,209 @@
+"""Compare two result sets case by case (``revbench compare BASE NEW``), e.g. main vs a PR.
+
+Cases are matched by ``config_hash`` (the resolved configuration, so a renamed case still
+matches and a changed setting never does). Each side's value is the point the views use: the
+median row over repeats when there is one. A metric regresses when it moves the wrong way by
+more than the threshold: memory up, throughput or max batch down, accuracy down (perplexity up).
+A case that was ok in BASE and failed in NEW is a regression too: a PR that breaks a case should
+not pass silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from revbench import results, tables, views
+from revbench.errors import RevbenchError
+
+
+@dataclasses.dataclass(frozen=True)
+class Compared:
+    column: str
+    label: str
+    higher_is_better: bool
+    scale: float = 1.0
+    digits: int = 1
+
+
+METRICS: tuple[Compared, ...] = (
+    Compared("peak_mem_bytes", "peak memory (MiB)", False, views.MIB),
+    Compared("activation_bytes", "activations (MiB)", False, views.MIB, 2),
+    Compared("tokens_per_s", "throughput (tokens/s)", True, 1.0, 0),
+    Compared("max_batch_size", "max batch size", True, 1.0, 0),
+    Compared("max_batch_tokens_per_s", "tokens/s at max batch", True, 1.0, 0),
+)
+
+
+def _quality_metrics(*frames: pd.DataFrame) -> list[Compared]:
+    names = sorted({c for f in frames for c in views.quality_columns(f)})
+    return [Compared(n, n, "perplexity" not in n, 1.0, 4) for n in names]
+
+
+def parse_threshold(text: str | float) -> float:
+    """``"5%"``, ``"5"`` or ``5`` -> 0.05."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*%?\s*", str(text))
+    if not m:
+        raise RevbenchError(f"--max-regression: expected a percentage such as 5%, got {text!r}")
+    return float(m.group(1)) / 100
+
+
+@dataclasses.dataclass
+class Comparison:
+    """Per-case deltas: one row per (case, metric) measured on both sides, plus status rows."""
+
+    table: pd.DataFrame
+    """suite, case, config_hash, metric, base, new, change (fraction), regressed, digits."""
+    only_base: list[str]
+    only_new: list[str]
+    threshold: float
+    matched: int
+    """Cases present on both sides (failed ones included)."""
+    base_name: str = "BASE"
+    new_name: str = "NEW"
+
+    @property
+    def regressions(self) -> pd.DataFrame:
+        return self.table[self.table["regressed"]]
+
+    def markdown(self) -> str:
+        """The PR comment: a header line, the verdict, the delta table, unmatched cases."""
+        n_reg = len(self.regressions)
+        lines = [
+            f"### revbench compare: {self.base_name} vs {self.new_name}",
+            "",
+            f"{self.matched} cases matched by config hash; threshold {self.threshold:.1%} "
+            "(memory up, throughput, max batch or accuracy down).",
+            "",
+            f"**{n_reg} regression{'s' if n_reg != 1 else ''}.**"
+            if n_reg
+            else f"No regression past {self.threshold:.1%}.",
+            "",
+        ]
+        if len(self.table):
+            shown = pd.DataFrame(
+                {
+                    "suite": self.table["suite"],
+                    "case": self.table["case"],
+                    "metric": self.table["metric"],
+                    "BASE": [
+                        _fmt(v, d)
+                        for v, d in zip(self.table["base"], self.table["digits"], strict=True)
+                    ],
+                    "NEW": [
+                        _fmt(v, d)
+                        for v, d in zip(self.table["new"], self.table["digits"], strict=True)
+                    ],
+                    "change": [
+                        "" if c != c else f"{c:+.1%}" for c in self.table["change"].astype(float)
+                    ],
+                    "": ["**regression**" if r else "" for r in self.table["regressed"]],
+                }
+            )
+            lines.append(tables.markdown(shown, right=("BASE", "NEW", "change")))
+        for side, cases in (("BASE", self.only_base), ("NEW", self.only_new)):
+            if cases:
+                lines.append(f"Only in {side}: {', '.join(cases)}.\n")
+        return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _fmt(v: object, digits: int) -> str:
+    if isinstance(v, str):
+        return v
+    return tables.fmt_number(v, digits)
+
+
+def _statuses(df: pd.DataFrame) -> dict[str, str]:
+    """config_hash -> ok when any row of it succeeded, else the latest failure's status."""
+    out: dict[str, str] = {}
+    for h, g in df.groupby("config_hash", sort=True):
+        st = g["status"].astype(str)
+        out[str(h)] = "ok" if (st == "ok").any() else st.iloc[-1]
+    return out
+
+
+def compare(
+    base: pd.DataFrame,
+    new: pd.DataFrame,
+    max_regression: float = 0.05,
+    *,
+    names: tuple[str, str] = ("BASE", "NEW"),
+) -> Comparison:
+    """Match the cases of two result frames by config hash and compute every metric's change."""
+    metrics = [*METRICS, *_quality_metrics(base, new)]
+    cols = [m.column for m in metrics]
+    b, n = views.summarise(base, cols), views.summarise(new, cols)
+    b_status, n_status = _statuses(base), _statuses(new)
+    names_of = {
+        **dict(zip(base["config_hash"].astype(str), base["case"].astype(str), strict=True)),
+        **dict(zip(new["config_hash"].astype(str), new["case"].astype(str), strict=True)),
+    }
+    suites = {
+        **dict(zip(base["config_hash"].astype(str), base["suite"].astype(str), strict=True)),
+        **dict(zip(new["config_hash"].astype(str), new["suite"].astype(str), strict=True)),
+    }
+    b_idx = b.set_index("config_hash")
+    n_idx = n.set_index("config_hash")
+    rows = []
+    for h in sorted(set(b_status) & set(n_status), key=lambda h: (suites[h], names_of[h], h)):
+        ident = {"suite": suites[h], "case": names_of[h], "config_hash": h}
+        if b_status[h] != n_status[h]:
+            rows.append(
+                {
+                    **ident,
+                    "metric": "status",
+                    "base": b_status[h],
+                    "new": n_status[h],
+                    "change": float("nan"),
+                    "regressed": b_status[h] == "ok",
+                    "digits": 0,
+                }
+            )
+        if h not in b_idx.index or h not in n_idx.index:
+            continue
+        for m in metrics:
+            bv, nv = b_idx.at[h, m.column], n_idx.at[h, m.column]
+            if pd.isna(bv) or pd.isna(nv):
+                continue
+            bv, nv = float(bv) / m.scale, float(nv) / m.scale
+            change = (nv - bv) / abs(bv) if bv else (0.0 if nv == bv else float("inf"))
+            worse = -change if m.higher_is_better else change
+            rows.append(
+                {
+                    **ident,
+                    "metric": m.label,
+                    "base": bv,
+                    "new": nv,
+                    "change": change,
+                    "regressed": worse > max_regression,
+                    "digits": m.digits,
+                }
+            )
+    table = pd.DataFrame(
+        rows,
+        columns=[
+            *("suite", "case", "config_hash", "metric", "base", "new", "change", "regressed"),
+            "digits",
+        ],
+    )
+    table["regressed"] = table["regressed"].astype(bool)
+    only_base = sorted(names_of[h] for h in set(b_status) - set(n_status))
+    only_new = sorted(names_of[h] for h in set(n_status) - set(b_status))
+    matched = len(set(b_status) & set(n_status))
+    return Comparison(table, only_base, only_new, max_regression, matched, *names)
+
+
+def compare_paths(
+    base: str | Path, new: str | Path, max_regression: str | float = "5%"
+) -> Comparison:
+    """``compare`` on two results files or folders (``results.load`` reads each)."""
+    frames = []
+    for p in (base, new):
+        df = results.load(p)
+        if df.empty:
+            raise RevbenchError(f"{p}: no revbench results found")
+        frames.append(df)
+    return compare(*frames, parse_threshold(max_regression), names=(str(base), str(new)))

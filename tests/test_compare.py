@@ -1,0 +1,98 @@
+"""revbench compare on the fixture results (tests/fixtures/make_fixtures.py measured them)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from revbench import results
+from revbench.cli import main
+from revbench.compare import compare, compare_paths, parse_threshold
+from revbench.errors import RevbenchError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+BASE, NEW = FIXTURES / "results" / "base", FIXTURES / "results" / "new"
+GOLDEN = FIXTURES / "golden"
+
+
+def check_golden(name: str, text: str) -> None:
+    """Compare with tests/fixtures/golden/<name>; REVBENCH_UPDATE_GOLDEN=1 rewrites it."""
+    path = GOLDEN / name
+    if os.environ.get("REVBENCH_UPDATE_GOLDEN"):
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
+
+
+def test_markdown_matches_golden() -> None:
+    # relative names so the golden file does not depend on where the checkout lives
+    cwd = os.getcwd()
+    os.chdir(FIXTURES)
+    try:
+        text = compare_paths("results/base", "results/new").markdown()
+    finally:
+        os.chdir(cwd)
+    check_golden("compare.md", text)
+
+
+@pytest.mark.parametrize(
+    ("new", "threshold", "code"),
+    [
+        (BASE, "5%", 0),  # identical sets never regress
+        (NEW, "0%", 1),  # a re-measurement is worse somewhere by more than nothing
+        (NEW, "1000%", 0),
+    ],
+    ids=["same", "any-worsening", "loose"],
+)
+def test_exit_codes(new: Path, threshold: str, code: int, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", str(BASE), str(new), "--max-regression", threshold]) == code
+    out = capsys.readouterr().out
+    assert out.startswith("### revbench compare")
+    assert ("**regression**" in out) == (code == 1)
+
+
+def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["compare", str(BASE), str(tmp_path / "missing")]) == 2
+    assert main(["compare", str(BASE), str(NEW), "--max-regression", "lots"]) == 2
+    assert main(["compare", str(BASE), str(tmp_path)]) == 2  # empty folder
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 3 and all(e.startswith("revbench: error: ") for e in err)
+
+
+def test_directions_of_regression() -> None:
+    """Memory up, throughput down and a newly failing case regress; improvements do not."""
+    base = results.load(BASE)
+    base = base[base["suite"] == "fx_memory"]
+    worse = base.copy()
+    worse["tokens_per_s"] *= 0.9
+    worse["peak_mem_bytes"] = (worse["peak_mem_bytes"] * 1.1).round().astype("Int64")
+    reg = compare(base, worse, 0.05).regressions
+    assert set(reg["metric"]) == {"throughput (tokens/s)", "peak memory (MiB)"}
+    better = base.copy()
+    better["tokens_per_s"] *= 1.5
+    better["peak_mem_bytes"] = (better["peak_mem_bytes"] * 0.5).round().astype("Int64")
+    assert compare(base, better, 0.05).regressions.empty
+    broken = base.copy()
+    first = broken["config_hash"] == broken.loc[broken["status"] == "ok", "config_hash"].iloc[0]
+    broken.loc[first, "status"] = "error"
+    reg = compare(base, broken, 0.05).regressions
+    assert list(reg["metric"]) == ["status"] and list(reg["new"]) == ["error"]
+
+
+def test_cases_match_by_config_hash_not_name() -> None:
+    base = results.load(BASE)
+    renamed = base.assign(case="renamed " + base["case"])
+    cmp = compare(base, renamed, 0.05)
+    assert cmp.matched == base["config_hash"].nunique()
+    assert not cmp.only_base and not cmp.only_new
+
+
+@pytest.mark.parametrize(("text", "value"), [("5%", 0.05), ("5", 0.05), (" 2.5 % ", 0.025)])
+def test_parse_threshold(text: str, value: float) -> None:
+    assert parse_threshold(text) == pytest.approx(value)
+
+
+def test_parse_threshold_rejects_garbage() -> None:
+    with pytest.raises(RevbenchError, match="percentage"):
+        parse_threshold("-5%")
