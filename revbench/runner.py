@@ -249,7 +249,7 @@ def summary_table(report: RunReport) -> Table:
         title=f"{report.suite.name}: {len(report.rows)} run, {report.skipped} skipped "
         f"(done), results in {report.out_dir}"
     )
-    for col in ("case", "rep", "status", "peak MiB", "act MiB", "step s", "tokens/s", "error"):
+    for col in ("case", "rep", "status", "train MiB", "act MiB", "step s", "tokens/s", "error"):
         table.add_column(col, overflow="fold")
     for r in report.rows:
         step = r.get("step_time_s_median")
@@ -258,7 +258,7 @@ def summary_table(report: RunReport) -> Table:
             r["case"],
             str(r["repeat"]),
             r["status"],
-            _mib(r.get("peak_mem_bytes")),
+            _mib(r.get("peak_mem_delta_bytes")),
             _mib(r.get("activation_bytes")),
             f"{step:.4f}" if step else "",
             f"{tps:,.0f}" if tps else "",

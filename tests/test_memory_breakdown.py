@@ -43,3 +43,26 @@ def test_parameters_gradients_optimizer_activations_add_up_to_the_peak(tmp_path:
     assert abs(mid["peak_mem_delta_bytes"] - explained) < 0.10 * mid["peak_mem_delta_bytes"]
     assert mid["activation_bytes"] < 0.1 * base["activation_bytes"]
     assert mid["peak_mem_delta_bytes"] < 0.5 * base["peak_mem_delta_bytes"]
+
+
+def test_reversible_stack_keeps_two_states_and_recompute_is_one_step() -> None:
+    import torch
+
+    from revbench.measure.stack import reversible_memory
+    from revbench.models import ModelConfig, build_model
+
+    ids = torch.randint(0, 128, (4, 64), generator=torch.Generator().manual_seed(0))
+    seen = {}
+    for arch in ("midpoint", "hamiltonian", "baseline"):
+        for layers in (2, 8):
+            cfg = ModelConfig(arch=arch, n_layers=layers, d_model=64, n_heads=4, vocab_size=128)
+            seen[arch, layers] = reversible_memory(build_model(cfg), ids)
+    state = 4 * 64 * 64 * 4  # (B, T, C) float32
+    for arch in ("midpoint", "hamiltonian"):
+        kept, recompute = seen[arch, 2]
+        assert kept == 2 * state
+        assert recompute > state  # a block's graph holds several (B, T, C) activations
+        assert seen[arch, 8] == seen[arch, 2]  # neither grows with depth
+    # midpoint recomputes the whole block f, a Hamiltonian half-step one branch
+    assert seen["midpoint", 2][1] > seen["hamiltonian", 2][1]
+    assert seen["baseline", 8] == (None, None)

@@ -102,6 +102,18 @@ _MEM_COLUMNS = (
         "reversible block, gradients, temporaries)",
     ),
     Column(
+        "reversible_stack_bytes",
+        pa.int64(),
+        "bytes",
+        "reversible models: what the stack keeps for backward (its final pair of states)",
+    ),
+    Column(
+        "recompute_step_bytes",
+        pa.int64(),
+        "bytes",
+        "reversible models: tensors saved by the largest one-step recompute in backward",
+    ),
+    Column(
         "memory_method",
         pa.string(),
         "",
@@ -115,6 +127,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
 
     from revbench.measure.device import nvml_process_memory
     from revbench.measure.memory import SavedTensors, read_peak_rss, read_rss, reset_peak_rss
+    from revbench.measure.stack import reversible_memory
     from revbench.measure.step import build_train_step, resolve_device, warm_runtime
 
     cuda = resolve_device(case.train["device"]).type == "cuda"
@@ -160,7 +173,10 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     loss.backward()
     backward_transient = peak() - before_backward if method != "ru_maxrss+mmap65536" else None
     step.optimizer.zero_grad(set_to_none=True)
+    stack, recompute = reversible_memory(step.model, step.input_ids, step.autocast())
     return {
+        "reversible_stack_bytes": stack,
+        "recompute_step_bytes": recompute,
         "peak_mem_bytes": step_peak,
         "peak_mem_delta_bytes": step_peak - runtime,
         "runtime_mem_bytes": runtime,
