@@ -17,14 +17,6 @@ from playwright.sync_api import sync_playwright
 from revbench import dashboard
 
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 TABS = (
     "Trade-off",
     "Max batch",
@@ -53,7 +45,9 @@ def main() -> None:
     try:
         url = dashboard.wait_ready(port, proc)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=args.chromium, args=ARGS)
+            browser = pw.chromium.launch(
+                executable_path=args.chromium, args=list(dashboard.CHROMIUM_ARGS)
+            )
             # tall enough that every chart of a view is laid out (plotly skips hidden ones)
             page = browser.new_page(viewport={"width": 1400, "height": 2600})
             page.goto(url)

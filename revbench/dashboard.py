@@ -16,6 +16,16 @@ from pathlib import Path
 
 from revbench.errors import RevbenchError
 
+# Headless Chromium as root on a closed network (the browser test, the screenshots script):
+# without the background-networking flags it keeps trying to reach Google's hosts.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+)
 APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,9 @@ from revbench.errors import RevbenchError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BASE, NEW = FIXTURES / "results" / "base", FIXTURES / "results" / "new"
-GOLDEN = FIXTURES / "golden"
 
 
-def check_golden(name: str, text: str) -> None:
-    """Compare with tests/fixtures/golden/<name>; REVBENCH_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("REVBENCH_UPDATE_GOLDEN"):
-        path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
-
-
-def test_markdown_matches_golden() -> None:
+def test_markdown_matches_golden(check_golden: Callable[[str, str], None]) -> None:
     # relative names so the golden file does not depend on where the checkout lives
     cwd = os.getcwd()
     os.chdir(FIXTURES)

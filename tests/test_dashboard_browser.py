@@ -15,14 +15,6 @@ import pytest
 from revbench import dashboard
 
 CHROMIUM = os.environ.get("REVBENCH_CHROMIUM", "/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 FIXTURES = Path(__file__).parent / "fixtures" / "results"
 EXPECT = {  # tab -> what must be visible in it
     "Trade-off": ".js-plotly-plot",
@@ -47,7 +39,9 @@ def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
     try:
         url = dashboard.wait_ready(port, proc)
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            browser = p.chromium.launch(
+                executable_path=CHROMIUM, args=list(dashboard.CHROMIUM_ARGS)
+            )
             try:
                 page = browser.new_page(viewport={"width": 1400, "height": 1000})
                 page.goto(url)

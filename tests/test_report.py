@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -15,15 +16,6 @@ from revbench.report import build_report, sections, write_figures
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BASE = FIXTURES / "results" / "base"
-GOLDEN = FIXTURES / "golden"
-
-
-def check_golden(name: str, text: str) -> None:
-    """Compare with tests/fixtures/golden/<name>; REVBENCH_UPDATE_GOLDEN=1 rewrites it."""
-    path = GOLDEN / name
-    if os.environ.get("REVBENCH_UPDATE_GOLDEN"):
-        path.write_text(text, encoding="utf-8")
-    assert text == path.read_text(encoding="utf-8"), f"{name} differs from its golden file"
 
 
 def chromium_or_skip() -> None:
@@ -32,7 +24,7 @@ def chromium_or_skip() -> None:
         pytest.skip("figure export needs a Chromium (apt-get install chromium)")
 
 
-def test_tables_match_golden(tmp_path: Path) -> None:
+def test_tables_match_golden(tmp_path: Path, check_golden: Callable[[str, str], None]) -> None:
     written = build_report(results.load(BASE), tmp_path, with_figures=False)
     assert [p.name for p in written] == ["report.md", "tables.tex", "report.html"]
     for name in ("report.md", "tables.tex", "report.html"):
