@@ -1,14 +1,14 @@
 """The model zoo: every architecture behind one builder, ``build_model(cfg)``.
 
-Importing this package registers the architectures (``residual``, ``reversible``) in
-``ARCHITECTURES``; ``revbench list`` prints them.
+Importing this package registers the architectures (``residual``, ``reversible``, ``moe``,
+``revffn``) in ``ARCHITECTURES``; ``revbench list`` prints them.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from revbench.models import residual, reversible  # noqa: F401  (registers the architectures)
+from revbench.models import moe, residual, reversible, revffn  # noqa: F401  (registers them)
 from revbench.models.config import ARCHITECTURES, ModelConfig
 from revbench.models.output import ModelOutput
 from revbench.models.reversible import reconstruction_errors

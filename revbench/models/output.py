@@ -7,6 +7,7 @@ architectures of one config differ in their residual scheme and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -53,13 +54,16 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 class LanguageModel(nn.Module):
-    """Embedding -> ``trunk`` (the architecture) -> head; subclasses implement ``trunk``."""
+    """Embedding -> ``trunk`` (the architecture) -> head; subclasses implement ``trunk``.
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    ``block`` builds each layer (``Block``; ``MoEBlock``, ``RevFFNBlock`` for the MoE models).
+    """
+
+    def __init__(self, cfg: ModelConfig, block: Callable[[ModelConfig], nn.Module] = Block) -> None:
         super().__init__()
         self.config = cfg
         self.embed = Embedding(cfg)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(block(cfg) for _ in range(cfg.n_layers))
         self.head = LMHead(cfg, self.embed.tok)
         init_weights(self, cfg.n_layers)
 
@@ -67,7 +71,12 @@ class LanguageModel(nn.Module):
         """(B, T, C) embedding -> (B, T, C) state the head reads."""
         raise NotImplementedError
 
+    def trunk_and_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``trunk`` and the auxiliary loss it produced; MoE architectures override this."""
+        return self.trunk(x), None
+
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
-        logits = self.head(self.trunk(self.embed(input_ids)))  # (B, T, V)
+        h, aux_loss = self.trunk_and_aux(self.embed(input_ids))
+        logits = self.head(h)  # (B, T, V)
         loss = None if labels is None else next_token_loss(logits, labels)
-        return ModelOutput(logits=logits, loss=loss)
+        return ModelOutput(logits=logits, loss=loss, aux_loss=aux_loss)

@@ -20,6 +20,9 @@ Semantics worth knowing:
   math under ordinary autograd, activations stored. Eval mode alone does not switch paths: eval
   with grad enabled (e.g. fine-tuning without dropout) still wants the memory saving.
 * ``torch.autograd.grad(loss, params)`` works; double backward (``create_graph=True``) raises.
+* A state is a tuple of slots; a step may change their number (``revffn.py`` splits the stream
+  into halves and adds a slot accumulating the MoE auxiliary loss, whose gradient then flows
+  through the same recompute). The Function's inputs are always the pair ``(x, x)``.
 * ``checkpointing: true`` is rejected for reversible architectures (ModelConfig raises): they
   already keep nothing per layer, so a checkpointed reversible model would be the same model.
 """
@@ -116,11 +119,14 @@ class ReversibleFunction(torch.autograd.Function):
                 leaves = tuple(t.detach().requires_grad_().view_as(t) for t in y)
                 x, y_hat = scheme.inverse_step(leaves, block)
                 out = torch.autograd.grad(y_hat, (*x, *params), g, allow_unused=True)
+            # A step may change the number of slots (RevFFN's split of the stream into halves
+            # plus its auxiliary-loss slot), so the slot count is the rebuilt input's.
+            n = len(x)
             g = [
                 gx if gx is not None else torch.zeros_like(t)
-                for gx, t in zip(out[:2], x, strict=True)
+                for gx, t in zip(out[:n], x, strict=True)
             ]
-            for p, gp in zip(params, out[2:], strict=True):
+            for p, gp in zip(params, out[n:], strict=True):
                 if gp is not None:
                     j = index[id(p)]
                     wgrads[j] = gp if wgrads[j] is None else wgrads[j] + gp
@@ -143,6 +149,7 @@ class ReversibleLM(LanguageModel):
         layer: Callable[[Block], list[Step]],
         readout: Callable[[State], Tensor],
         prologue: Callable[[Block], list[Step]] | None = None,
+        block: Callable[[ModelConfig], torch.nn.Module] = Block,
     ) -> None:
         if cfg.checkpointing:  # ModelConfig rejects this too; kept for direct construction
             raise ConfigError(f"arch '{cfg.arch}' is reversible; checkpointing must be false")
@@ -150,7 +157,7 @@ class ReversibleLM(LanguageModel):
         # Python objects) on first use. Importing it here puts that one-time cost before any
         # memory baseline taken after building the model, not inside the first measured backward.
         importlib.import_module("torch.fx.experimental.symbolic_shapes")
-        super().__init__(cfg)
+        super().__init__(cfg, block)
         self.reversible_backprop = True
         self.readout = readout
         pro = prologue(self.blocks[0]) if prologue else []
@@ -167,16 +174,18 @@ class ReversibleLM(LanguageModel):
         return state
 
     def trunk(self, x: Tensor) -> Tensor:
+        return self.readout(self.run_stack(x))
+
+    def run_stack(self, x: Tensor) -> State:
+        """The final state from the embedding ``x``: the Function, or the plain path."""
         weights = tuple(self.blocks.parameters())
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
         )
         if self.reversible_backprop and needs_grad:
             preserve_rng = self.training and self.config.dropout > 0
-            state = ReversibleFunction.apply(self.steps, preserve_rng, x, x, *weights)
-        else:
-            state = self.run_steps((x, x))
-        return self.readout(state)
+            return ReversibleFunction.apply(self.steps, preserve_rng, x, x, *weights)
+        return self.run_steps((x, x))
 
 
 def _last(state: State) -> Tensor:
