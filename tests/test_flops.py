@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -53,6 +55,29 @@ def test_analytic_count_matches_flop_counter(arch: str, block: str, ckpt: bool) 
     assert (want.recompute > 0) == (arch != "baseline" or ckpt)
 
 
+@pytest.mark.parametrize("arch", ["baseline", "midpoint"])
+def test_grouped_query_attention_count_matches_flop_counter(arch: str) -> None:
+    """k and v projections shrink with n_kv_heads; the attention scores do not."""
+    register_cpu_attention_formulas()
+    cfg = ModelConfig(
+        arch=arch,
+        block="llama",
+        vocab_size=96,
+        d_model=48,
+        n_heads=6,
+        n_kv_heads=2,
+        n_layers=2,
+        max_seq_len=24,
+    )
+    model = build_model(cfg)
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        model(ids, labels=ids).loss.backward()
+    assert counter.get_total_flops() == training_step_flops(cfg, 2, 24).hardware
+    full = dataclasses.replace(cfg, n_kv_heads=0)
+    assert training_step_flops(cfg, 2, 24).model < training_step_flops(full, 2, 24).model
+
+
 def test_peak_table_and_utilisation() -> None:
     assert peak_tflops("NVIDIA H100 80GB HBM3", "bfloat16") == 989.4
     assert peak_tflops("NVIDIA H100 PCIe", "float32") == 51.2
@@ -82,4 +107,63 @@ def test_euler_start_counts_one_more_block() -> None:
     ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
     with FlopCounterMode(display=False) as counter:
         model(ids, labels=ids).loss.backward()
+    assert counter.get_total_flops() == training_step_flops(cfg, 2, 24).hardware
+
+
+# Routing makes the per-expert token counts data-dependent, but not the total: every token runs
+# exactly top_k experts and an expert's matmuls scale with its token count, so the analytic count
+# (tokens * top_k SwiGLUs) holds for any routing. Fixed-point RevFFN runs all revffn_fp_iters
+# iterations here (tol 0), each one more attention-branch forward in the backward.
+MOE_CASES = {
+    "moe": {"arch": "moe"},
+    "moe-ckpt-shared-llama": {
+        "arch": "moe",
+        "checkpointing": True,
+        "shared_expert": True,
+        "block": "llama",
+    },
+    "revffn-x1": {"arch": "revffn", "revffn_fp_iters": 3},
+    "revffn-x2-llama": {"arch": "revffn", "revffn_query": "x2", "block": "llama"},
+    "revffn-x1-shared-top1": {"arch": "revffn", "shared_expert": True, "top_k": 1},
+    "revffn-dense": {"arch": "revffn", "n_experts": 0, "revffn_fp_iters": 2},
+}
+
+
+@pytest.mark.parametrize("name", MOE_CASES)
+def test_moe_and_revffn_counts_match_flop_counter(name: str) -> None:
+    register_cpu_attention_formulas()
+    cfg = ModelConfig(
+        **{"n_experts": 4, **MOE_CASES[name]},  # type: ignore[arg-type]
+        vocab_size=96,
+        d_model=32,
+        n_heads=4,
+        n_layers=3,
+        max_seq_len=24,
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as fwd:
+        out = model(ids, labels=ids)
+    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+    with FlopCounterMode(display=False) as bwd:
+        loss.backward()
+    want = training_step_flops(cfg, 2, 24)
+    assert fwd.get_total_flops() == want.forward
+    assert bwd.get_total_flops() == want.backward + want.recompute
+    assert (want.recompute > 0) == (cfg.arch == "revffn" or cfg.checkpointing)
+
+
+def test_moe_count_holds_when_experts_get_no_tokens() -> None:
+    register_cpu_attention_formulas()
+    cfg = ModelConfig(
+        arch="moe", n_experts=4, vocab_size=96, d_model=32, n_heads=4, n_layers=2, max_seq_len=24
+    )
+    model = build_model(cfg)
+    for block in model.blocks:  # uniform router: every token picks the same top-2, two idle
+        torch.nn.init.zeros_(block.moe.router.weight)
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as counter:
+        out = model(ids, labels=ids)
+        (out.loss + out.aux_loss).backward()
     assert counter.get_total_flops() == training_step_flops(cfg, 2, 24).hardware

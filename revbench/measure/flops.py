@@ -20,7 +20,13 @@ import torch
 from revbench.models import ModelConfig
 
 SDPA_BACKWARD_FACTOR = 2.5
-RECOMPUTING_ARCHS = {"midpoint", "leapfrog", "hamiltonian", "revnet", "revffn"}
+RECOMPUTING_ARCHS = {
+    "midpoint",
+    "leapfrog",
+    "hamiltonian",
+    "revnet",
+    "revffn",
+}  # revffn: see moe_step_flops
 
 # Peak dense (no sparsity) rates in TFLOP/s by GPU model, from the vendors' datasheets:
 # (bf16/fp16 tensor core, fp32 without TF32). Matched by substring of the device name, first hit.
@@ -59,7 +65,8 @@ def block_forward_flops(cfg: ModelConfig, batch: int, seq: int) -> tuple[int, in
     """(matmul FLOPs, attention-score FLOPs, MLP down-projection FLOPs) of one block's forward."""
     tokens = batch * seq
     d = cfg.d_model
-    proj = 2 * tokens * 4 * d * d  # q, k, v and output projections
+    kv = cfg.kv_heads * cfg.head_dim  # < d under grouped-query attention
+    proj = 2 * tokens * (2 * d * d + 2 * d * kv)  # q and output, k and v projections
     mlp = 2 * tokens * d * cfg.d_ff * (2 if cfg.block == "gpt2" else 3)  # GELU MLP / SwiGLU
     scores = 2 * 2 * batch * seq * seq * d  # Q K^T and P V over all heads
     down = 2 * tokens * cfg.d_ff * d
@@ -68,6 +75,8 @@ def block_forward_flops(cfg: ModelConfig, batch: int, seq: int) -> tuple[int, in
 
 def training_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
     """FLOPs of one training step (forward, backward, recompute) of ``cfg`` at this shape."""
+    if cfg.arch in ("moe", "revffn"):
+        return moe_step_flops(cfg, batch, seq)
     mm, scores, down = block_forward_flops(cfg, batch, seq)
     blocks = cfg.n_layers + (
         1 if cfg.arch in {"midpoint", "leapfrog"} and cfg.init_state == "euler" else 0
@@ -83,6 +92,52 @@ def training_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
         recompute = blocks * (mm + scores - down)
     else:
         recompute = 0
+    return StepFlops(forward, backward, recompute)
+
+
+def ffn_forward_flops(cfg: ModelConfig, tokens: int) -> int:
+    """Matmul FLOPs of the FFN at width d_model: dense MLP, or router + top-k experts (+ shared).
+
+    The routed part does not depend on the routing: every token runs exactly ``top_k`` experts,
+    and an expert's matmuls scale with its token count (an expert with no tokens costs 0), so
+    the total is tokens * top_k * one SwiGLU whatever the per-expert counts are."""
+    d = cfg.d_model
+    if not cfg.n_experts:
+        return 2 * tokens * d * cfg.d_ff * (2 if cfg.block == "gpt2" else 3)
+    swiglu = 2 * 3 * d * cfg.d_ff
+    flops = tokens * (2 * d * cfg.n_experts + cfg.top_k * swiglu)  # router, routed experts
+    if cfg.shared_expert:
+        flops += tokens * (swiglu + 2 * d)  # shared expert and its sigmoid gate
+    return flops
+
+
+def moe_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
+    """``moe`` (+ checkpointing) and ``revffn`` steps.
+
+    ``moe`` checkpointing recomputes the whole block: the expert outputs are saved by their
+    weighting and the load-balancing loss comes last, so nothing is skipped at the end.
+    ``revffn`` adds the adapters (five d x d/2 matrices per layer) and recomputes both branches
+    once; with ``revffn_query: x1`` the fixed-point inverse adds ``revffn_fp_iters`` attention
+    branch evaluations per layer: all of them, so with ``revffn_fp_tol > 0`` (early stop) this
+    is an upper bound.
+    """
+    tokens, d = batch * seq, cfg.d_model
+    attn_mm, scores, _ = block_forward_flops(cfg, batch, seq)
+    ffn = ffn_forward_flops(cfg, tokens)
+    attn_mm -= 2 * tokens * d * cfg.d_ff * (2 if cfg.block == "gpt2" else 3)  # attention only
+    if cfg.arch == "revffn":
+        attn_mm += 3 * 2 * tokens * (d // 2) * d  # U1, U2 and P1
+        ffn += 2 * 2 * tokens * (d // 2) * d  # U3 and P2
+    mm = attn_mm + ffn
+    head = 2 * tokens * d * cfg.vocab_size
+    forward = cfg.n_layers * (mm + scores) + head
+    backward = cfg.n_layers * (2 * mm + int(SDPA_BACKWARD_FACTOR * scores)) + 2 * head
+    recompute = 0
+    if cfg.arch == "revffn":
+        fixed_point = cfg.revffn_fp_iters if cfg.revffn_query == "x1" else 0
+        recompute = cfg.n_layers * (mm + scores + fixed_point * (attn_mm + scores))
+    elif cfg.checkpointing:
+        recompute = cfg.n_layers * (mm + scores)
     return StepFlops(forward, backward, recompute)
 
 

@@ -351,3 +351,26 @@ METRICS.add(
     ),
     "max batch search, then throughput at that batch (each model at its own largest batch)",
 )
+
+
+# --- accuracy --------------------------------------------------------------------------------
+
+
+def _measure_accuracy(case: Case) -> dict[str, Any]:
+    from revbench.tasks.metric import measure_accuracy
+
+    return measure_accuracy(case)
+
+
+def _accuracy_columns() -> tuple[Column, ...]:
+    from revbench.tasks.metric import COLUMNS
+
+    return COLUMNS
+
+
+METRICS.add(
+    "accuracy",
+    Metric(_accuracy_columns(), _measure_accuracy),
+    "data.task trained for train_steps (from scratch, pretrained or converted), then held-out "
+    "accuracy or perplexity with a 95% interval",
+)

@@ -22,6 +22,9 @@ from torch import nn
 
 from revbench.models.config import ModelConfig
 
+# scaled_dot_product_attention(enable_gqa=...) arrived in torch 2.5.
+_SDPA_GQA = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 5)
+
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.block == "gpt2":
@@ -50,22 +53,42 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_heads = cfg.n_heads
+        self.n_kv_heads = cfg.kv_heads  # < n_heads: grouped-query attention
         self.rotary = cfg.block == "llama"
         self.rope_theta = cfg.rope_theta
-        bias = cfg.block == "gpt2"
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=bias)
-        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=bias)
+        bias = cfg.attn_bias if cfg.attn_bias != "auto" else "all" if cfg.block == "gpt2" else ""
+        self.kv_dim = self.n_kv_heads * cfg.head_dim
+        qkv_out = cfg.d_model + 2 * self.kv_dim  # q: n_heads heads, k and v: n_kv_heads each
+        self.qkv = nn.Linear(cfg.d_model, qkv_out, bias=bias in {"qkv", "all"})
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=bias == "all")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal attention of ``x`` on itself, or, given ``kv`` (same shape), queries from ``x``
+        and keys/values from ``kv`` (RevFFN's cross-branch attention, Liu et al.)."""
         B, T, C = x.size()
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        # (B, nh, T, hs)
+        if kv is None:
+            q, k, v = self.qkv(x).split((C, self.kv_dim, self.kv_dim), dim=2)  # (B, T, C|kv_dim)
+        else:  # the fused weight's row blocks: same FLOPs and parameters as the fused path
+            w, b = self.qkv.weight, self.qkv.bias
+            q = F.linear(x, w[:C], None if b is None else b[:C])  # (B, T, C)
+            kv_out = F.linear(kv, w[C:], None if b is None else b[C:])  # (B, T, 2 kv_dim)
+            k, v = kv_out.split(self.kv_dim, dim=2)
+        hs = C // self.n_heads
+        q = q.view(B, T, self.n_heads, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k, v = (t.view(B, T, self.n_kv_heads, hs).transpose(1, 2) for t in (k, v))
+        # k, v: (B, nkv, T, hs)
         if self.rotary:
             q, k = apply_rotary(q, self.rope_theta), apply_rotary(k, self.rope_theta)
+        gqa: dict[str, bool] = {}
+        if self.n_kv_heads != self.n_heads:
+            if _SDPA_GQA:  # each KV head serves n_heads / n_kv_heads consecutive query heads
+                gqa = {"enable_gqa": True}
+            else:  # torch < 2.5: expand, as Hugging Face's repeat_kv does
+                rep = self.n_heads // self.n_kv_heads
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         # Fused kernel (flash/memory-efficient where available, a math fallback otherwise); it
         # keeps no (T, T) attention matrix for backward on the fused paths.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.proj(y)
 
@@ -78,8 +101,10 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
         self.proj = nn.Linear(cfg.d_ff, cfg.d_model)
 
+        self.approximate = "tanh" if cfg.mlp_act == "gelu_tanh" else "none"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(F.gelu(self.fc(x)))
+        return self.proj(F.gelu(self.fc(x), approximate=self.approximate))
 
 
 class SwiGLU(nn.Module):

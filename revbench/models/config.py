@@ -61,6 +61,36 @@ class ModelConfig:
     """How two-state schemes get (p_{-1}, p_0): both the embedding, or p_0 = p_{-1} + h f(p_{-1})
     (one Euler step)."""
 
+    # --- pretrained-model compatibility (issue 6: loading GPT-2, Llama, Qwen2 checkpoints) ---
+    n_kv_heads: Annotated[int, Field(ge=0)] = 0
+    """Key/value heads (grouped-query attention, Ainslie et al. 2023; SmolLM2-135M: 9 heads,
+    3 KV heads). 0 means n_heads (plain multi-head attention); must divide n_heads."""
+    attn_bias: Literal["auto", "none", "qkv", "all"] = "auto"
+    """Biases of the attention projections. auto: all for gpt2, none for llama; qkv: on the
+    q, k, v projections only (Qwen2)."""
+    mlp_act: Literal["gelu", "gelu_tanh"] = "gelu"
+    """Activation of the gpt2 MLP: exact GELU, or its tanh approximation (GPT-2's gelu_new)."""
+
+    # --- mixture of experts (RevFFN, Liu et al.) ---
+    n_experts: Annotated[int, Field(ge=0)] = 0
+    """Routed SwiGLU experts of the MoE FFN (Mixtral / Qwen-MoE style); each has width d_ff.
+    0: dense FFN. ``moe`` needs >= top_k; ``revffn`` with 0 wraps the dense MLP."""
+    top_k: PosInt = 2
+    """Experts per token; their softmax weights are renormalised to sum to 1 (Mixtral)."""
+    shared_expert: bool = False
+    """Add an always-on SwiGLU expert (width d_ff) with a sigmoid gate (Qwen-MoE)."""
+    aux_loss_weight: Annotated[float, Field(ge=0)] = 0.01
+    """Weight of the load-balancing loss n_experts * sum_e f_e P_e (Switch Transformer;
+    averaged over layers), returned as ``ModelOutput.aux_loss``."""
+    revffn_query: Literal["x1", "x2"] = "x1"
+    """RevFFN attention queries: from X1 (the paper's cross-branch attention; X1 is rebuilt by
+    fixed-point iteration) or from X2 like keys and values (an exact additive coupling)."""
+    revffn_fp_iters: PosInt = 8
+    """Most fixed-point iterations (attention evaluations) to rebuild X1 (revffn_query: x1)."""
+    revffn_fp_tol: Annotated[float, Field(ge=0)] = 0.0
+    """Stop the fixed-point iteration once ||X1_k - X1_{k-1}|| / ||X1_k|| <= tol; 0 always
+    runs revffn_fp_iters."""
+
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES and len(ARCHITECTURES):
             ARCHITECTURES.get(self.arch)  # raises with the known names and a hint
@@ -79,6 +109,10 @@ class ModelConfig:
                 f"checkpointing applies to residual models; arch '{self.arch}' is reversible and "
                 "already keeps no per-layer activations (set checkpointing: false)"
             )
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
+            )
         if self.a is not None and self.a == 0:
             raise ValueError("a must be non-zero: the midpoint inverse divides by a")
         if self.d_ff == 0:
@@ -86,10 +120,24 @@ class ModelConfig:
                 self.d_ff = 4 * self.d_model
             else:
                 self.d_ff = -(-(8 * self.d_model // 3) // 8) * 8
+        # mixture of experts and RevFFN
+        if getattr(builder, "needs_experts", False) and not self.n_experts:
+            raise ValueError(f"arch '{self.arch}' needs n_experts >= 1 (n_experts: 0 is dense)")
+        if self.n_experts and self.top_k > self.n_experts:
+            raise ValueError(f"top_k ({self.top_k}) must not exceed n_experts ({self.n_experts})")
+        if self.arch == "revffn" and self.d_model % 2:
+            raise ValueError(
+                f"revffn splits the hidden state in halves; d_model ({self.d_model}) must be even"
+            )
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``n_kv_heads``, or ``n_heads`` when that is 0."""
+        return self.n_kv_heads or self.n_heads
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,12 +1,16 @@
 """Accuracy tasks (language modeling, classification, synthetic checks): a registry by name.
 
-Tasks arrive with the accuracy issue; ``revbench list`` already reads this registry.
+``build_task(name, **config)`` gives a task with its config validated; ``revbench list`` reads
+``TASKS``. The ``accuracy`` metric (revbench.tasks.metric) runs a case's ``data.task``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from revbench.registry import Registry
 
-TASKS: Registry[Any] = Registry("task")
+TASKS: Registry[type] = Registry("task")
+
+from revbench.tasks import classify, lm, synthetic  # noqa: E402, F401  (register the tasks)
+from revbench.tasks.base import Task, TaskContext, TaskResult, build_task  # noqa: E402
+
+__all__ = ["TASKS", "Task", "TaskContext", "TaskResult", "build_task"]

@@ -1,0 +1,94 @@
+"""Conversion by distillation on a tiny Llama-family checkpoint: KL falls, the result reloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from revbench.cli import main  # noqa: E402
+from revbench.convert import ConvertConfig, convert  # noqa: E402
+from revbench.models.hf import checkpoint_metadata, from_pretrained  # noqa: E402
+from revbench.suite import load_suite  # noqa: E402
+from revbench.tasks.metric import measure_accuracy  # noqa: E402
+from revbench.tasks.text import ByteTokenizer, get_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Byte vocabulary so the shipped corpus needs no tokenizer; large init so the original's
+    next-token distribution is far from uniform and the schemes' rewiring shows in the KL."""
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+    )
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+FAST = {"steps": 40, "lr": 3e-3, "seq_len": 32, "batch_size": 8, "eval_windows": 16}
+
+
+@pytest.mark.parametrize("arch", ["midpoint", "leapfrog", "hamiltonian"])
+def test_distillation_reduces_kl(arch: str, tiny_llama: Path, tmp_path: Path) -> None:
+    model, report = convert(
+        tiny_llama, ConvertConfig(arch=arch, **FAST), tokenizer=ByteTokenizer(), out=tmp_path
+    )
+    assert report.kl_before_nats > 0.01
+    assert report.kl_after_nats < 0.5 * report.kl_before_nats, report
+    assert report.tokens_seen == 40 * 8 * 32
+    again = from_pretrained(tmp_path)
+    assert again.config.arch == arch
+    ids = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+    meta = checkpoint_metadata(tmp_path)
+    assert meta["conversion"]["kl_after_nats"] == report.kl_after_nats
+    assert meta["tokenizer"] == "byte"
+    assert isinstance(get_tokenizer("auto", str(tmp_path)), ByteTokenizer)
+
+
+def test_cli_convert(tiny_llama: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["convert", str(tiny_llama), "--out", str(tmp_path / "c"), "--steps", "2"]
+    args += ["--seq-len", "16", "--tokenizer", "byte"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "| midpoint, after 2 steps |" in out and "original (unconverted)" in out
+    assert (tmp_path / "c" / "model.safetensors").is_file()
+    assert main(["convert", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("revbench: error: ") and "missing: no such checkpoint" in err
+    assert main(["convert", str(tiny_llama), "--out", str(tmp_path), "--steps", "-1"]) == 2
+    assert "--steps: Input should be greater than or equal to 0" in capsys.readouterr().err
+
+
+def test_suite_pretrained_case_converts_then_runs_the_task(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: conv\n"
+        "defaults:\n"
+        "  model: {arch: midpoint, max_seq_len: 32}\n"
+        "  data: {task: lm, batch_size: 4, seq_len: 32, eval_examples: 8, tokenizer: byte}\n"
+        f"  train: {{pretrained: {tiny_llama}, distill_steps: 5, train_steps: 2, lr: 1.0e-3}}\n"
+        "metrics: [accuracy]\n"
+    )
+    case = load_suite(path).cases[0]
+    assert case.model["d_model"] == 32 and case.model["n_kv_heads"] == 2
+    assert case.model["max_seq_len"] == 32
+    row = measure_accuracy(case)
+    assert row["conversion_steps"] == 5 and row["kl_after_nats"] < row["kl_before_nats"]
+    assert row["perplexity"] > 1 and row["original_perplexity"] > 1

