@@ -121,7 +121,7 @@ def _arrow_type(annotation: Any) -> pa.DataType:
 
 
 def config_columns() -> tuple[Column, ...]:
-    from revbench.suite import SECTIONS
+    from revbench.settings import SECTIONS
 
     cols = []
     for section, cls in SECTIONS.items():
