@@ -16,6 +16,25 @@ from revbench.measure.flops import (
 )
 from revbench.models import ModelConfig, build_model
 
+
+def tiny(**overrides: object) -> ModelConfig:
+    """The shape every count is checked at (batch 2 x seq 24)."""
+    shape = {"vocab_size": 96, "d_model": 32, "n_heads": 4, "n_layers": 3, "max_seq_len": 24}
+    return ModelConfig(**{**shape, **overrides})  # type: ignore[arg-type]
+
+
+def counted(model: torch.nn.Module) -> tuple[int, int]:
+    """(forward, backward) FLOPs FlopCounterMode counts for one step on a 2 x 24 batch."""
+    register_cpu_attention_formulas()
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    with FlopCounterMode(display=False) as fwd:
+        out = model(ids, labels=ids)
+    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+    with FlopCounterMode(display=False) as bwd:
+        loss.backward()
+    return fwd.get_total_flops(), bwd.get_total_flops()
+
+
 CASES = [
     ("baseline", "gpt2", False),
     ("baseline", "llama", False),
@@ -31,49 +50,20 @@ CASES = [
     ("arch", "block", "ckpt"), CASES, ids=[f"{a}-{b}{'-ckpt' if c else ''}" for a, b, c in CASES]
 )
 def test_analytic_count_matches_flop_counter(arch: str, block: str, ckpt: bool) -> None:
-    register_cpu_attention_formulas()
-    cfg = ModelConfig(
-        arch=arch,
-        block=block,
-        checkpointing=ckpt,
-        vocab_size=96,
-        d_model=32,
-        n_heads=4,
-        n_layers=3,
-        max_seq_len=24,
-    )
-    model = build_model(cfg)
-    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as fwd:
-        out = model(ids, labels=ids)
-    with FlopCounterMode(display=False) as bwd:
-        out.loss.backward()
+    cfg = tiny(arch=arch, block=block, checkpointing=ckpt)
+    fwd, bwd = counted(build_model(cfg))
     want = training_step_flops(cfg, 2, 24)
-    assert fwd.get_total_flops() == want.forward
-    assert bwd.get_total_flops() == want.backward + want.recompute
-    assert want.hardware == fwd.get_total_flops() + bwd.get_total_flops()
+    assert fwd == want.forward
+    assert bwd == want.backward + want.recompute
+    assert want.hardware == fwd + bwd
     assert (want.recompute > 0) == (arch != "baseline" or ckpt)
 
 
 @pytest.mark.parametrize("arch", ["baseline", "midpoint"])
 def test_grouped_query_attention_count_matches_flop_counter(arch: str) -> None:
     """k and v projections shrink with n_kv_heads; the attention scores do not."""
-    register_cpu_attention_formulas()
-    cfg = ModelConfig(
-        arch=arch,
-        block="llama",
-        vocab_size=96,
-        d_model=48,
-        n_heads=6,
-        n_kv_heads=2,
-        n_layers=2,
-        max_seq_len=24,
-    )
-    model = build_model(cfg)
-    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as counter:
-        model(ids, labels=ids).loss.backward()
-    assert counter.get_total_flops() == training_step_flops(cfg, 2, 24).hardware
+    cfg = tiny(arch=arch, block="llama", d_model=48, n_heads=6, n_kv_heads=2, n_layers=2)
+    assert sum(counted(build_model(cfg))) == training_step_flops(cfg, 2, 24).hardware
     full = dataclasses.replace(cfg, n_kv_heads=0)
     assert training_step_flops(cfg, 2, 24).model < training_step_flops(full, 2, 24).model
 
@@ -93,21 +83,8 @@ def test_peak_table_and_utilisation() -> None:
 
 
 def test_euler_start_counts_one_more_block() -> None:
-    register_cpu_attention_formulas()
-    cfg = ModelConfig(
-        arch="midpoint",
-        init_state="euler",
-        vocab_size=96,
-        d_model=32,
-        n_heads=4,
-        n_layers=2,
-        max_seq_len=24,
-    )
-    model = build_model(cfg)
-    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as counter:
-        model(ids, labels=ids).loss.backward()
-    assert counter.get_total_flops() == training_step_flops(cfg, 2, 24).hardware
+    cfg = tiny(arch="midpoint", init_state="euler", n_layers=2)
+    assert sum(counted(build_model(cfg))) == training_step_flops(cfg, 2, 24).hardware
 
 
 # Routing makes the per-expert token counts data-dependent, but not the total: every token runs
@@ -131,39 +108,18 @@ MOE_CASES = {
 
 @pytest.mark.parametrize("name", MOE_CASES)
 def test_moe_and_revffn_counts_match_flop_counter(name: str) -> None:
-    register_cpu_attention_formulas()
-    cfg = ModelConfig(
-        **{"n_experts": 4, **MOE_CASES[name]},  # type: ignore[arg-type]
-        vocab_size=96,
-        d_model=32,
-        n_heads=4,
-        n_layers=3,
-        max_seq_len=24,
-    )
+    cfg = tiny(**{"n_experts": 4, **MOE_CASES[name]})
     torch.manual_seed(0)
-    model = build_model(cfg)
-    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as fwd:
-        out = model(ids, labels=ids)
-    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-    with FlopCounterMode(display=False) as bwd:
-        loss.backward()
+    fwd, bwd = counted(build_model(cfg))
     want = training_step_flops(cfg, 2, 24)
-    assert fwd.get_total_flops() == want.forward
-    assert bwd.get_total_flops() == want.backward + want.recompute
+    assert fwd == want.forward
+    assert bwd == want.backward + want.recompute
     assert (want.recompute > 0) == (cfg.arch == "revffn" or cfg.checkpointing)
 
 
 def test_moe_count_holds_when_experts_get_no_tokens() -> None:
-    register_cpu_attention_formulas()
-    cfg = ModelConfig(
-        arch="moe", n_experts=4, vocab_size=96, d_model=32, n_heads=4, n_layers=2, max_seq_len=24
-    )
+    cfg = tiny(arch="moe", n_experts=4, n_layers=2)
     model = build_model(cfg)
     for block in model.blocks:  # uniform router: every token picks the same top-2, two idle
         torch.nn.init.zeros_(block.moe.router.weight)
-    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
-    with FlopCounterMode(display=False) as counter:
-        out = model(ids, labels=ids)
-        (out.loss + out.aux_loss).backward()
-    assert counter.get_total_flops() == training_step_flops(cfg, 2, 24).hardware
+    assert sum(counted(model)) == training_step_flops(cfg, 2, 24).hardware
