@@ -244,12 +244,25 @@ def _mib(x: Any) -> str:
     return "" if x is None or x != x else f"{x / 2**20:,.1f}"
 
 
+def _eval(row: dict[str, Any]) -> str:
+    """The accuracy metric's headline: accuracy or perplexity with its 95% interval."""
+    for name, fmt in (("accuracy", "{:.1%}"), ("perplexity", "{:.2f}")):
+        v = row.get(name)
+        if v is not None and v == v:
+            lo, hi = row.get(f"{name}_ci_low"), row.get(f"{name}_ci_high")
+            has_ci = lo is not None and hi is not None
+            ci = f" [{fmt.format(lo)}, {fmt.format(hi)}]" if has_ci else ""
+            return f"{name[:3]} {fmt.format(v)}{ci}"
+    return ""
+
+
 def summary_table(report: RunReport) -> Table:
     table = Table(
         title=f"{report.suite.name}: {len(report.rows)} run, {report.skipped} skipped "
         f"(done), results in {report.out_dir}"
     )
-    for col in ("case", "rep", "status", "train MiB", "act MiB", "step s", "tokens/s", "error"):
+    cols = ("case", "rep", "status", "train MiB", "act MiB", "step s", "tokens/s", "eval", "error")
+    for col in cols:
         table.add_column(col, overflow="fold")
     for r in report.rows:
         step = r.get("step_time_s_median")
@@ -262,6 +275,7 @@ def summary_table(report: RunReport) -> Table:
             _mib(r.get("activation_bytes")),
             f"{step:.4f}" if step else "",
             f"{tps:,.0f}" if tps else "",
+            _eval(r),
             (r["error"] or "")[:120],
         )
     return table
