@@ -182,3 +182,26 @@ def test_lm_eval_adaptor_scores_requests_like_the_model() -> None:
     assert lp2 < 0
     text = "x" * 100  # longer than max_seq_len (64): scored in windows
     assert loglikelihood_rolling(model, tok, [SimpleNamespace(args=(text,))])[0] < 0
+
+
+def test_lm_eval_harness_scores_real_instances() -> None:
+    """The adaptor inside lm-evaluation-harness's own LM interface and Instance objects (the
+    benchmarks' data needs a hub, so the requests are built here)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+
+    from revbench.models import ModelConfig, build_model
+    from revbench.tasks.lm_eval import harness_model, score
+    from revbench.tasks.text import ByteTokenizer
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="midpoint", vocab_size=256, d_model=32, n_heads=2, n_layers=2, max_seq_len=64
+    )
+    model, tok = build_model(cfg), ByteTokenizer()
+    lm = harness_model(model, tok)
+    pair = Instance(request_type="loglikelihood", doc={}, arguments=("The cat", " sat"), idx=0)
+    text = Instance(request_type="loglikelihood_rolling", doc={}, arguments=("hello",), idx=0)
+    assert lm.loglikelihood([pair]) == [score(model, tok.encode("The cat"), tok.encode(" sat"))]
+    (rolling,) = lm.loglikelihood_rolling([text])
+    assert rolling < 0
