@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gradcheck import grad_error, loss_and_grads, rel
 
 from revbench.models import ModelConfig, build_model
 
@@ -28,31 +29,6 @@ def batch(seed: int = 1, B: int = 2, T: int = 12) -> torch.Tensor:
     return torch.randint(TINY["vocab_size"], (B, T), generator=torch.Generator().manual_seed(seed))
 
 
-def loss_and_grads(model: torch.nn.Module, ids: torch.Tensor, reversible: bool, seed: int = 0):
-    model.reversible_backprop = reversible
-    model.zero_grad(set_to_none=True)
-    torch.manual_seed(seed)  # same dropout masks in both runs
-    loss = model(ids, labels=ids).loss
-    loss.backward()
-    return loss.detach(), {
-        n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None
-    }
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||a - b|| / ||b|| (0 when both vanish)."""
-    den = torch.linalg.vector_norm(b)
-    num = torch.linalg.vector_norm(a - b)
-    return float(num / den) if den > 0 else float(num)
-
-
-def max_grad_error(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, float]:
-    loss_r, grads_r = loss_and_grads(model, ids, reversible=True)
-    loss_p, grads_p = loss_and_grads(model, ids, reversible=False)
-    assert grads_r.keys() == grads_p.keys()
-    return rel(loss_r, loss_p), max(rel(grads_r[n], grads_p[n]) for n in grads_p)
-
-
 CASES = [(arch, block, n) for arch in REVERSIBLE for block in ("gpt2", "llama") for n in (1, 3, 4)]
 
 
@@ -61,7 +37,7 @@ CASES = [(arch, block, n) for arch in REVERSIBLE for block in ("gpt2", "llama") 
 )
 def test_float64_grads_equal_plain_autograd(arch: str, block: str, n_layers: int) -> None:
     model = tiny_model(arch, block=block, n_layers=n_layers)
-    loss_err, grad_err = max_grad_error(model, batch())
+    loss_err, grad_err = grad_error(model, batch())
     assert loss_err < 1e-12
     assert grad_err < 1e-10, f"max relative gradient error {grad_err:.2e}"
 
@@ -82,7 +58,7 @@ VARIANTS = {
 def test_float64_variants_equal_plain_autograd(name: str) -> None:
     arch, overrides = VARIANTS[name]
     model = tiny_model(arch, n_layers=3, **overrides)
-    loss_err, grad_err = max_grad_error(model, batch())
+    loss_err, grad_err = grad_error(model, batch())
     assert loss_err < 1e-12
     assert grad_err < 1e-10, f"max relative gradient error {grad_err:.2e}"
 
@@ -101,7 +77,7 @@ def test_dropout_masks_really_differ_between_seeds() -> None:
 @pytest.mark.parametrize("block", ["gpt2", "llama"])
 def test_float32_grads_close_to_plain_autograd(arch: str, block: str) -> None:
     model = tiny_model(arch, dtype=torch.float32, block=block, n_layers=4)
-    loss_err, grad_err = max_grad_error(model, batch())
+    loss_err, grad_err = grad_error(model, batch())
     assert loss_err < 1e-6
     assert grad_err < 1e-5, f"max relative gradient error {grad_err:.2e}"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from gradcheck import grad_error, loss_and_grads, rel
 
 from revbench.measure.memory import SavedTensors
 from revbench.models import ModelConfig, build_model, reconstruction_errors
@@ -38,30 +39,6 @@ def model(p1_scale: float = 1.0, n_layers: int = 3, **overrides: object) -> RevF
 
 def batch(seed: int = 1) -> torch.Tensor:
     return torch.randint(TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(seed))
-
-
-def loss_and_grads(m: torch.nn.Module, ids: torch.Tensor, reversible: bool):
-    m.reversible_backprop = reversible
-    m.zero_grad(set_to_none=True)
-    torch.manual_seed(0)  # same dropout masks in both runs
-    out = m(ids, labels=ids)
-    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-    loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    den = torch.linalg.vector_norm(b)
-    num = torch.linalg.vector_norm(a - b)
-    return float(num / den) if den > 0 else float(num)
-
-
-def grad_error(m: torch.nn.Module, ids: torch.Tensor) -> tuple[float, float]:
-    """(loss relative error, max over parameters of the relative gradient error)."""
-    loss_r, grads_r = loss_and_grads(m, ids, reversible=True)
-    loss_p, grads_p = loss_and_grads(m, ids, reversible=False)
-    assert grads_r.keys() == grads_p.keys()
-    return rel(loss_r, loss_p), max(rel(grads_r[n], grads_p[n]) for n in grads_p)
 
 
 EXACT = {
