@@ -99,6 +99,17 @@ def _last_line(log: Path) -> str:
     return lines[-1] if lines else ""
 
 
+def child_command(case: Case, metric: str, case_file: Path, out: Path) -> list[str]:
+    """The command measuring ``metric`` of ``case``: one process, or torchrun for a parallel
+    case (its ranks each run the same child module; rank 0 writes ``out``)."""
+    child = ["-m", "revbench.child", str(case_file), metric, str(out)]
+    if case.train["parallel"] == "none":
+        return [sys.executable, *child]
+    # --standalone: a rendezvous on a free local port, so cases can share a node.
+    nproc = f"--nproc-per-node={case.train['nproc_per_node']}"
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, *child]
+
+
 def _run_child(
     case: Case, metric: str, workdir: Path, timeout_s: float
 ) -> tuple[str, str | None, dict[str, Any]]:
@@ -113,7 +124,7 @@ def _run_child(
         **METRICS.get(metric).env,
         "PYTHONUNBUFFERED": "1",
     }
-    cmd = [sys.executable, "-m", "revbench.child", str(case_file), metric, str(out)]
+    cmd = child_command(case, metric, case_file, out)
     if timeout_s <= 0:
         return "timeout", f"{metric}: not started, case timeout reached", {}
     with open(log, "wb") as fh:

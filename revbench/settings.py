@@ -68,6 +68,12 @@ class TrainSettings(BaseModel):
     checkpoint first (revbench.convert; at train.lr, batch_size x seq_len)."""
     lm_weight: Annotated[float, Field(ge=0)] = 0.0
     """Weight of the language-modeling loss added to the distillation KL."""
+    nproc_per_node: Annotated[int, Field(ge=1)] = 1
+    """Processes (one per GPU on CUDA) that train the case together, launched with torchrun;
+    each trains on its own batch of batch_size sequences (global batch = nproc x batch_size)."""
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    """Data parallelism across the nproc_per_node processes: ddp (DistributedDataParallel) or
+    fsdp (FSDP2 fully_shard of every block and the root); nccl on CUDA, gloo on CPU."""
 
 
 class MeasureSettings(BaseModel):
@@ -109,6 +115,9 @@ SECTIONS: dict[str, type] = {
 }
 # Settings that do not change what a case measures, so they stay out of the config hash.
 UNHASHED = {"timeout_s", "repeats"}
+# Settings added after results were first written: hashed only away from these defaults, so
+# rows written before they existed still match their cases on --resume.
+HASHED_IF_SET: dict[str, Any] = {"nproc_per_node": 1, "parallel": "none"}
 
 
 def _field_table() -> dict[str, tuple[str, TypeAdapter[Any]]]:

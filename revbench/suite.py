@@ -41,7 +41,7 @@ from revbench.errors import ConfigError, RevbenchError, SuiteError
 from revbench.measure.metrics import METRICS
 from revbench.models import ARCHITECTURES
 from revbench.registry import did_you_mean
-from revbench.settings import FIELDS, SECTIONS, UNHASHED
+from revbench.settings import FIELDS, HASHED_IF_SET, SECTIONS, UNHASHED
 
 
 class _SuiteFile(BaseModel):
@@ -71,8 +71,14 @@ class Case:
     @property
     def config_hash(self) -> str:
         """Hash of everything that changes what is measured (not timeout or repeat count)."""
-        body = {s: getattr(self, s) for s in SECTIONS}
-        body["measure"] = {k: v for k, v in self.measure.items() if k not in UNHASHED}
+        body = {
+            s: {
+                k: v
+                for k, v in getattr(self, s).items()
+                if k not in UNHASHED and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])
+            }
+            for s in SECTIONS
+        }
         body["metrics"] = sorted(self.metrics)
         blob = json.dumps(body, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -294,6 +300,20 @@ def _resolve(
             f"{where}: seq_len ({resolved['data']['seq_len']}) exceeds max_seq_len "
             f"({resolved['model']['max_seq_len']}); raise max_seq_len or shorten seq_len"
         )
+    train = resolved["train"]
+    if train["nproc_per_node"] > 1 and train["parallel"] == "none":
+        raise SuiteError(
+            f"{where}: nproc_per_node is {train['nproc_per_node']} but parallel is none; "
+            "set parallel: ddp or fsdp"
+        )
+    if train["parallel"] != "none":
+        serial = [m for m in metrics if not METRICS.get(m).distributed]
+        if serial:
+            ok = ", ".join(n for n in METRICS.names() if METRICS.get(n).distributed)
+            raise SuiteError(
+                f"{where}: metric '{serial[0]}' does not run with parallel: "
+                f"{train['parallel']}; use {ok} or parallel: none"
+            )
     return Case(
         suite,
         name,

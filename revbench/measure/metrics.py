@@ -43,6 +43,9 @@ class Metric:
     """For metrics made of many trials: runs in the parent and calls ``run(variant)`` to measure
     one variant of the case in a fresh child (``measure`` is then the trial), or
     ``run(variant, other_metric)`` to measure another metric of it."""
+    distributed: bool = False
+    """Supports ``parallel`` cases: ``measure`` then runs on every torchrun rank and returns
+    the case's columns on rank 0 (per-rank figures gathered there)."""
 
 
 METRICS: Registry[Metric] = Registry("metric")
