@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 some cases failed, 2 bad input (suite, config, results 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -37,14 +38,57 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             )
         out.print(table)
         return EXIT_OK
-    report = run_suite(
-        args.suite, args.out, resume=args.resume, only=args.only, quiet=args.quiet, console=err
+    from revbench.executors import make_executor
+    from revbench.resources import Resources
+
+    resources = Resources.parse(_key_values(args.resources), "--resources")
+    load_suite(args.suite)  # a bad suite is reported before any cluster is started
+    executor = make_executor(
+        args.executor,
+        address=args.address,
+        retries=args.retries,
+        workdir=args.out,
+        partition=args.partition,
     )
+    # SIGTERM (kill, a scheduler's preemption) unwinds like Ctrl-C: in-flight case processes and
+    # Ray tasks are stopped, a local Ray instance is shut down, finished rows stay.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        report = run_suite(
+            args.suite,
+            args.out,
+            resume=args.resume,
+            only=args.only,
+            quiet=args.quiet,
+            console=err,
+            executor=executor,
+            resources=resources,
+        )
+    finally:
+        executor.close()
     out.print(summary_table(report))
     if report.failed:
         err.print(f"{len(report.failed)} of {len(report.rows)} case runs failed")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _key_values(text: str | None) -> dict[str, float]:
+    """``GPU=1,H100=1`` -> ``{"GPU": 1.0, "H100": 1.0}``."""
+    pairs: dict[str, float] = {}
+    for item in filter(None, (text or "").split(",")):
+        key, sep, value = item.partition("=")
+        try:
+            pairs[key.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not key.strip():
+            raise RevbenchError(f"--resources: '{item}' is not NAME=NUMBER (e.g. GPU=1,H100=1)")
+    return pairs
 
 
 def _cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -156,6 +200,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate and list the planned case runs; run and write nothing",
     )
     run.add_argument("--quiet", action="store_true", help="no progress output (CI logs)")
+    run.add_argument(
+        "--executor",
+        default="local",
+        choices=("local", "ray", "slurm"),
+        help="where case runs execute: here one after another (default), as Ray tasks, or as "
+        "Slurm jobs through submitit; rows are written here either way",
+    )
+    run.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="ray: the cluster to join (e.g. auto, or ray://head:10001); default: start a "
+        "local Ray instance",
+    )
+    run.add_argument(
+        "--resources",
+        metavar="NAME=N[,...]",
+        help="ray/slurm: what each case run asks for, over the suite's resources: "
+        "(CPU, GPU, or a custom resource such as H100)",
+    )
+    run.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        metavar="N",
+        help="ray: run a case again up to N times when its worker dies (default: 0, record it "
+        "failed; --resume runs it later)",
+    )
+    run.add_argument("--partition", metavar="NAME", help="slurm: the partition to submit to")
     run.set_defaults(func=_cmd_run)
 
     val = sub.add_parser("validate", help="validate a suite without running it")

@@ -8,6 +8,7 @@ out-of-memory or a hang in one case becomes a row with ``status`` != ok and the 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime as dt
 import json
@@ -36,8 +37,11 @@ from rich.progress import (
 from rich.table import Table
 
 from revbench import results
-from revbench.measure.device import host_info
+from revbench.executors import Executor, Job, Lost
+from revbench.executors.local import LocalExecutor
+from revbench.measure.device import HOST_COLUMNS, host_info
 from revbench.measure.metrics import METRICS
+from revbench.resources import Resources
 from revbench.suite import Case, Suite, load_suite, select
 
 _SEVERITY = {"ok": 0, "error": 1, "oom": 2, "timeout": 3}
@@ -150,6 +154,37 @@ def _run_child(
     return status, f"{metric}: process {_exit_reason(code)}" + (f": {tail}" if tail else ""), {}
 
 
+def _row(
+    case: Case,
+    repeat: int,
+    *,
+    run_id: str,
+    host: dict[str, Any],
+    status: str,
+    error: str | None,
+    columns: dict[str, Any],
+    wall_time_s: float | None,
+) -> dict[str, Any]:
+    return {
+        "schema_version": results.SCHEMA_VERSION,
+        "suite": case.suite,
+        "case": case.name,
+        "case_index": case.index,
+        "config_hash": case.config_hash,
+        "repeat": repeat,
+        "run_id": run_id,
+        "timestamp_utc": dt.datetime.now(dt.timezone.utc),
+        "wall_time_s": wall_time_s,
+        "seed": case.train["seed"],
+        **host,
+        **case.settings(),
+        "metrics": ",".join(case.metrics),
+        **columns,
+        "status": status,
+        "error": error,
+    }
+
+
 def run_case(case: Case, repeat: int, *, run_id: str, host: dict[str, Any]) -> dict[str, Any]:
     """Measure every metric of ``case`` in fresh processes; returns the result row."""
     start = time.monotonic()
@@ -168,25 +203,41 @@ def run_case(case: Case, repeat: int, *, run_id: str, host: dict[str, Any]) -> d
             columns.update(cols)
             if _SEVERITY[st] > _SEVERITY[status]:
                 status, error = st, err
-    row: dict[str, Any] = {
-        "schema_version": results.SCHEMA_VERSION,
-        "suite": case.suite,
-        "case": case.name,
-        "case_index": case.index,
-        "config_hash": case.config_hash,
-        "repeat": repeat,
-        "run_id": run_id,
-        "timestamp_utc": dt.datetime.now(dt.timezone.utc),
-        "wall_time_s": time.monotonic() - start,
-        "seed": case.train["seed"],
-        **host,
-        **case.settings(),
-        "metrics": ",".join(case.metrics),
-        **columns,
-        "status": status,
-        "error": error,
-    }
-    return row
+    wall = time.monotonic() - start
+    return _row(
+        case,
+        repeat,
+        run_id=run_id,
+        host=host,
+        status=status,
+        error=error,
+        columns=columns,
+        wall_time_s=wall,
+    )
+
+
+def run_job(job: dict[str, Any]) -> dict[str, Any]:
+    """Run one job (``executors.Job.to_dict()``) wherever an executor placed it: the case is
+    measured in fresh child processes on this host, whose description goes into the row."""
+    case = Case.from_dict(job["case"])
+    host = {**host_info(), "suite_file": job["suite_file"]}
+    return run_case(case, job["repeat"], run_id=job["run_id"], host=host)
+
+
+def lost_row(job: Job, lost: Lost) -> dict[str, Any]:
+    """The row of a job whose worker died before returning one: status error, the executor's
+    reason, host columns empty (the host that ran it is not known for sure)."""
+    host = {**dict.fromkeys(HOST_COLUMNS), "suite_file": job.suite_file}
+    return _row(
+        job.case,
+        job.repeat,
+        run_id=job.run_id,
+        host=host,
+        status="error",
+        error=lost.error,
+        columns={},
+        wall_time_s=None,
+    )
 
 
 def _write_median(folder: Path, case: Case) -> None:
@@ -218,13 +269,25 @@ def run_suite(
     only: str | None = None,
     quiet: bool = False,
     console: Console | None = None,
+    executor: Executor | None = None,
+    resources: Resources | None = None,
 ) -> RunReport:
-    """Validate, expand and run a suite; every case run is appended to ``out/<suite>/``."""
+    """Validate, expand and run a suite; every case run is appended to ``out/<suite>/``.
+
+    ``executor`` decides where the case runs happen (default: here, one after another); rows
+    are written atomically by this process as they arrive, in whatever order they finish, so
+    an interrupted run loses only the case runs in flight. ``resources`` (the command line's)
+    go over the suite's ``resources:`` block.
+    """
     suite = load_suite(path)
     todo, skipped = plan(suite, out, resume=resume, only=only)
     folder = suite_dir(out, suite)
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    host = {**host_info(), "suite_file": str(path)}
+    jobs = [Job(case, rep, run_id, str(path)) for case, rep in todo]
+    asks = suite.resources.merged(resources) if resources else suite.resources
+    executor = executor or LocalExecutor()
+    # Repeats of a case still to come in this run; at zero its median row is (re)written.
+    remaining = collections.Counter(case.config_hash for case, _ in todo)
     console = console or Console(stderr=True)
     rows = []
     columns = (
@@ -235,19 +298,25 @@ def run_suite(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, disable=quiet) as progress:
-        task = progress.add_task(suite.name, total=len(todo))
-        for case, rep in todo:
-            progress.update(task, description=f"{case.name} (repeat {rep})")
-            row = run_case(case, rep, run_id=run_id, host=host)
-            name = f"{_slug(case.name)}__{case.config_hash}__r{rep}__{run_id}.parquet"
+        where = "" if executor.name == "local" else f" on {executor.name}"
+        task = progress.add_task(f"{suite.name}{where}", total=len(todo))
+        for job, outcome in executor.map(jobs, asks):
+            case = job.case
+            row = lost_row(job, outcome) if isinstance(outcome, Lost) else outcome
+            name = f"{_slug(case.name)}__{case.config_hash}__r{job.repeat}__{run_id}.parquet"
             results.write_row(row, folder / name)
             rows.append(row)
-            if case.measure["repeats"] > 1 and rep == case.measure["repeats"] - 1:
+            remaining[case.config_hash] -= 1
+            if case.measure["repeats"] > 1 and remaining[case.config_hash] == 0:
                 _write_median(folder, case)
             if not quiet:
                 mark = "[green]ok[/]" if row["status"] == "ok" else f"[red]{row['status']}[/]"
-                progress.console.print(f"{mark} {case.name} r{rep} ({row['wall_time_s']:.1f}s)")
+                wall = row["wall_time_s"]
+                took = f" ({wall:.1f}s)" if wall is not None else ""
+                progress.console.print(f"{mark} {job.label}{took}")
             progress.advance(task)
+    order = {(j.case.config_hash, j.repeat): i for i, j in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["config_hash"], r["repeat"])])
     return RunReport(suite, folder, rows, skipped)
 
 

@@ -15,6 +15,7 @@ A suite is::
     cases:                            # optional explicit cases, each a set of overrides
       - {name: ckpt, arch: baseline, checkpointing: true}
     metrics: [peak_memory, throughput]
+    resources: {GPU: 1, H100: 1}      # optional: what each case run asks of a Ray/Slurm cluster
 
 Setting names are unique across sections, so ``n_layers`` in a matrix or case needs no section.
 Every error is a ``SuiteError`` whose message names the file, the field path
@@ -41,6 +42,7 @@ from revbench.errors import ConfigError, RevbenchError, SuiteError
 from revbench.measure.metrics import METRICS
 from revbench.models import ARCHITECTURES
 from revbench.registry import did_you_mean
+from revbench.resources import Resources
 from revbench.settings import FIELDS, HASHED_IF_SET, SECTIONS, UNHASHED
 
 
@@ -53,6 +55,7 @@ class _SuiteFile(BaseModel):
     matrix: dict[str, list[Any]] = {}
     cases: list[dict[str, Any]] = []
     metrics: Annotated[list[str], Field(min_length=1)]
+    resources: dict[str, Any] = {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +104,8 @@ class Suite:
     description: str
     path: Path
     cases: tuple[Case, ...]
+    resources: Resources = dataclasses.field(default_factory=Resources)
+    """What each case run asks of a Ray or Slurm cluster (``resources.py``)."""
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -194,7 +199,13 @@ def load_suite(path: str | Path) -> Suite:
             raise SuiteError(f"{path}: missing required key '{loc}'") from None
         raise SuiteError(f"{path}: {loc}: {_allowed(err)}, got {err.get('input')!r}") from None
     try:
-        return Suite(spec.name, spec.description, path, tuple(_expand(spec)))
+        return Suite(
+            spec.name,
+            spec.description,
+            path,
+            tuple(_expand(spec)),
+            Resources.parse(spec.resources),
+        )
     except SuiteError as e:
         raise SuiteError(f"{path}: {e}") from None
 

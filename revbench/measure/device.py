@@ -60,8 +60,21 @@ def git_commit() -> str | None:
     return head + ("+dirty" if dirty else "")
 
 
+HOST_COLUMNS = (
+    "revbench_version",
+    "git_commit",
+    "python_version",
+    "torch_version",
+    "transformers_version",
+    "hostname",
+    "cpu_model",
+    "cpu_count",
+    "ram_bytes",
+)
+
+
 def host_info() -> dict[str, Any]:
-    """Columns that describe the machine and software; cheap (torch is not imported)."""
+    """The ``HOST_COLUMNS``: the machine and software; cheap (torch is not imported)."""
     return {
         "revbench_version": revbench.__version__,
         "git_commit": git_commit(),

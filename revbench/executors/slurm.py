@@ -1,0 +1,87 @@
+"""Slurm executor through submitit: one Slurm job per case run.
+
+Each job asks for the case's CPUs and GPUs (``Resources.for_case``; on Slurm ``device: auto``
+asks for no GPU unless the suite's ``resources:`` says ``GPU``), a time limit a minute above
+``measure.timeout_s``, and the suite's custom resources as Slurm constraints
+(``{H100: 1}`` -> ``--constraint=H100``). Its pickled call of ``revbench.runner.run_job`` and
+logs live under ``<out>/.submitit/``. ``cluster="local"`` runs the same jobs as local processes
+(submitit's LocalExecutor), which is how it is tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from revbench.executors import Job, Lost, Outcome, missing_extra, one_line
+from revbench.resources import Resources
+
+_POLL_S = 1.0
+
+
+class SlurmExecutor:
+    name = "slurm"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        partition: str | None = None,
+        cluster: str = "slurm",
+    ) -> None:
+        try:
+            import submitit
+        except ImportError:
+            raise missing_extra("submitit", "slurm") from None
+        self._submitit = submitit
+        self.folder = Path(workdir) / ".submitit" / "%j"
+        self.partition = partition
+        self.cluster = cluster
+
+    def _executor(self, job: Job, resources: Resources) -> Any:
+        cpus, gpus, custom = resources.for_case(job.case, gpus_available=False)
+        ex = self._submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
+        params: dict[str, Any] = {
+            "name": f"revbench-{job.case.suite}",
+            "timeout_min": math.ceil(job.case.measure["timeout_s"] / 60) + 1,
+            "cpus_per_task": max(1, math.ceil(cpus)),
+            "gpus_per_node": math.ceil(gpus),
+            "nodes": 1,
+            "tasks_per_node": 1,
+        }
+        if self.cluster == "slurm":
+            if self.partition:
+                params["slurm_partition"] = self.partition
+            if custom:
+                params["slurm_constraint"] = "&".join(sorted(custom))
+        ex.update_parameters(**params)
+        return ex
+
+    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
+        from revbench.runner import run_job
+
+        pending = [(self._executor(j, resources).submit(run_job, j.to_dict()), j) for j in jobs]
+        try:
+            while pending:
+                still = []
+                for sjob, job in pending:
+                    if not sjob.done():
+                        still.append((sjob, job))
+                        continue
+                    try:
+                        outcome: Outcome = sjob.result()
+                    except Exception as e:  # submitit's FailedJobError, UncompletedJobError, ...
+                        outcome = Lost(f"slurm job {sjob.job_id}: {one_line(e)}")
+                    yield job, outcome
+                pending = still
+                if pending:
+                    time.sleep(_POLL_S)
+        finally:
+            for sjob, _ in pending:
+                sjob.cancel(check=False)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,242 @@
+"""Executors: the same suite through local, Ray and submitit gives the same rows; a worker
+killed mid-case is recorded failed and ``--resume`` finishes it; resources reach the tasks."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from revbench import results
+from revbench.cli import main
+from revbench.errors import SuiteError
+from revbench.executors import make_executor
+from revbench.resources import Resources
+from revbench.runner import plan, run_suite
+from revbench.suite import load_suite
+
+SUITE = """
+name: spread
+defaults:
+  model: {vocab_size: 64, d_model: 32, n_heads: 2, max_seq_len: 16, n_layers: 2}
+  data: {batch_size: 2, seq_len: 16}
+  train: {device: cpu, threads: 1}
+measure: {warmup: 0, steps: 1, timeout_s: 120}
+cases:
+  - {name: base, arch: baseline}
+  - {name: mid, arch: midpoint}
+  - {name: broken, arch: leapfrog, fault: error}
+metrics: [peak_memory]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def _outcomes(df: pd.DataFrame) -> pd.DataFrame:
+    """What must not depend on where a case ran: its config, status and error."""
+    keep = ["case", "config_hash", "repeat", "status", "error", "metrics", "suite"]
+    keep += [c for c in df.columns if c.startswith(("model.", "data.", "train.", "measure."))]
+    return df[keep].sort_values("case").reset_index(drop=True)
+
+
+def test_importing_revbench_imports_neither_ray_nor_submitit() -> None:
+    code = (
+        "import sys, revbench, revbench.cli, revbench.runner, revbench.executors\n"
+        "import revbench.executors.ray, revbench.executors.slurm\n"
+        "print(sorted(m for m in ('ray', 'submitit') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_ray_and_submitit_rows_match_the_local_executor(tmp_path: Path) -> None:
+    suite = write(tmp_path, SUITE)
+    local = run_suite(suite, tmp_path / "local", quiet=True)
+    ray = make_executor("ray")
+    try:
+        spread = run_suite(suite, tmp_path / "ray", quiet=True, executor=ray)
+    finally:
+        ray.close()
+    from revbench.executors.slurm import SlurmExecutor
+
+    slurm = SlurmExecutor(tmp_path / "slurm", cluster="local")  # submitit's local processes
+    jobs = run_suite(suite, tmp_path / "slurm", quiet=True, executor=slurm)
+
+    want = _outcomes(results.load(tmp_path / "local"))
+    assert sorted(want["status"]) == ["error", "ok", "ok"]
+    for report, folder in ((spread, "ray"), (jobs, "slurm")):
+        got = results.load(tmp_path / folder)
+        pd.testing.assert_frame_equal(_outcomes(got), want)
+        assert [r["case"] for r in report.rows] == [r["case"] for r in local.rows]  # suite order
+        # Each row describes the host and device its worker measured on.
+        assert (
+            got["hostname"].notna().all()
+            and (got["status"].eq("ok") <= got["device_type"].eq("cpu")).all()
+        )
+        assert got["peak_mem_bytes"].notna().sum() == 2
+
+
+def _kill_ray_worker_of_first_case_process(driver_pid: int, deadline_s: float = 90) -> None:
+    """Wait for a ``revbench.child`` process started under ``driver_pid`` (driver -> raylet ->
+    Ray worker -> case process), then SIGKILL its parent: the Ray worker running the case."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        for proc in psutil.process_iter(["cmdline"]):
+            try:
+                if "revbench.child" not in (proc.info["cmdline"] or []):
+                    continue
+                if driver_pid not in {p.pid for p in proc.parents()}:
+                    continue
+                worker = proc.parent()
+                assert worker is not None and "ray" in " ".join(worker.cmdline()).lower()
+                worker.send_signal(signal.SIGKILL)
+                return
+            except psutil.Error:  # it ended meanwhile
+                continue
+        time.sleep(0.05)
+    raise AssertionError("no case process appeared under the driver")
+
+
+def test_a_killed_ray_worker_fails_its_case_and_resume_finishes_it(tmp_path: Path) -> None:
+    text = SUITE.replace("name: spread", "name: spread_kill").replace(
+        "  - {name: broken, arch: leapfrog, fault: error}\n", ""
+    )
+    suite = write(tmp_path, text)
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "revbench.cli", "run", str(suite), "--out", str(out)]
+    driver = subprocess.Popen(
+        [*cmd, "--executor", "ray", "--quiet"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        _kill_ray_worker_of_first_case_process(driver.pid)
+        stdout, _ = driver.communicate(timeout=180)
+    finally:
+        driver.kill()
+    assert driver.returncode == 1, stdout  # some case runs failed
+    df = results.load(out)
+    assert sorted(df["status"]) == ["error", "ok"]
+    lost = df[df["status"] == "error"].iloc[0]
+    assert lost["error"].startswith("ray: ") and "died" in lost["error"].lower()
+    assert pd.isna(lost["hostname"]) and pd.isna(lost["wall_time_s"])
+
+    todo, skipped = plan(load_suite(suite), out, resume=True)
+    assert [c.name for c, _ in todo] == [lost["case"]] and skipped == 1
+    resumed = subprocess.run([*cmd, "--resume", "--quiet"], capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr
+    done = results.load(out)
+    assert set(done[done["status"] == "ok"]["case"]) == {"base", "mid"}
+
+
+def test_a_resource_no_node_has_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    suite = write(tmp_path, SUITE.replace("metrics:", "resources: {H100: 1}\nmetrics:"))
+    out = tmp_path / "res"
+    assert main(["run", str(suite), "--out", str(out), "--executor", "ray", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "asks for {'CPU': 1.0, 'H100': 1.0}" in err[0]
+    assert "no node of the Ray cluster has that" in err[0]
+    assert not out.exists() or not list(out.rglob("*.parquet"))
+
+
+# --- resources and options: no cluster needed ------------------------------------------------
+
+
+def test_resources_block_defaults_and_overrides(tmp_path: Path) -> None:
+    suite = load_suite(
+        write(tmp_path, SUITE.replace("metrics:", "resources: {CPU: 4, A100: 1}\nmetrics:"))
+    )
+    case = suite.cases[0]
+    assert suite.resources == Resources(4.0, None, {"A100": 1.0})
+    assert suite.resources.for_case(case, gpus_available=True) == (4.0, 0.0, {"A100": 1.0})
+    gpu_case = case.__class__.from_dict(
+        {**case.to_dict(), "train": {**case.train, "device": "auto", "nproc_per_node": 2}}
+    )
+    assert Resources().for_case(gpu_case, gpus_available=True) == (2.0, 2.0, {})
+    assert Resources().for_case(gpu_case, gpus_available=False) == (2.0, 0.0, {})
+    cli = Resources.parse({"GPU": 1, "H100": 1})
+    assert suite.resources.merged(cli) == Resources(4.0, 1.0, {"A100": 1.0, "H100": 1.0})
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("{gpu: 1}", "resources: unknown resource 'gpu'; write 'GPU'"),
+        ("{GPU: -1}", "resources.GPU: must be a number >= 0, got -1"),
+        ("{H100: yes}", "resources.H100: must be a number >= 0, got True"),
+    ],
+)
+def test_bad_resources_block_is_one_line(tmp_path: Path, block: str, message: str) -> None:
+    path = write(tmp_path, SUITE.replace("metrics:", f"resources: {block}\nmetrics:"))
+    with pytest.raises(
+        SuiteError, match=f"^{path}: {message}$".replace("[", r"\[").replace("{", r"\{")
+    ):
+        load_suite(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--address", "auto"],
+            "--address is the Ray cluster's; it needs --executor ray, not local",
+        ),
+        (
+            ["--executor", "slurm", "--retries", "2"],
+            "--retries is Ray's; it needs --executor ray, not slurm",
+        ),
+        (["--resources", "GPU1"], "--resources: 'GPU1' is not NAME=NUMBER (e.g. GPU=1,H100=1)"),
+        (
+            ["--executor", "ray", "--resources", "gpu=1"],
+            "--resources: unknown resource 'gpu'; write 'GPU'",
+        ),
+    ],
+)
+def test_bad_executor_options_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    out = tmp_path / "res"
+    assert main(["run", str(write(tmp_path, SUITE)), "--out", str(out), *args]) == 2
+    assert capsys.readouterr().err.strip() == f"revbench: error: {message}"
+    assert not out.exists()
+
+
+def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(Exception, match=r"pip install 'revbench\[ray\]'"):
+        make_executor("ray")
+
+
+def test_sigterm_stops_the_run_and_its_case_processes(tmp_path: Path) -> None:
+    suite = write(
+        tmp_path,
+        SUITE.replace("name: spread", "name: spread_term").replace(
+            "  - {name: base, arch: baseline}\n", "  - {name: base, arch: baseline, fault: hang}\n"
+        ),
+    )
+    cmd = [sys.executable, "-m", "revbench.cli", "run", str(suite), "--out", str(tmp_path / "r")]
+    driver = subprocess.Popen([*cmd, "--quiet"], stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 60
+    while not [p for p in psutil.Process(driver.pid).children(recursive=True)] and (
+        time.monotonic() < end
+    ):
+        time.sleep(0.05)
+    children = psutil.Process(driver.pid).children(recursive=True)
+    assert children, "no case process started"
+    driver.send_signal(signal.SIGTERM)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode == 130
+    assert "interrupted; finished case runs are saved (use --resume)" in err
+    gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive
