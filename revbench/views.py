@@ -35,6 +35,8 @@ IDENTITY = (
     "data.batch_size",
     "data.seq_len",
     "train.dtype",
+    "train.parallel",
+    "train.nproc_per_node",
     "device_type",
     "device_name",
     "measure.budget",
@@ -53,10 +55,15 @@ def col(df: pd.DataFrame, name: str) -> pd.Series:
 
 
 def arch_label(df: pd.DataFrame) -> pd.Series:
-    """``model.arch``, with ``+ckpt`` for the baseline run with gradient checkpointing."""
+    """``model.arch``, with ``+ckpt`` for the baseline run with gradient checkpointing and
+    `` ddp×2`` / `` fsdp×8`` for a case trained by several processes."""
     arch = col(df, "model.arch").astype("string").fillna("?")
     ckpt = col(df, "model.checkpointing").astype("boolean").fillna(False).astype(bool)
-    return arch.where(~ckpt, arch + "+ckpt").astype(str)
+    label = arch.where(~ckpt, arch + "+ckpt")
+    parallel = col(df, "train.parallel").astype("string").fillna("none")
+    nproc = col(df, "train.nproc_per_node").astype("Int64").fillna(1).astype(str)
+    spread = parallel != "none"
+    return label.where(~spread, label + " " + parallel + "×" + nproc).astype(str)
 
 
 def prepare(df: pd.DataFrame) -> pd.DataFrame:

@@ -78,3 +78,26 @@ def test_empty_frame_gives_empty_views() -> None:
     assert views.max_batch(empty).empty and views.search_trials(empty).empty
     assert views.depth(empty)[1].empty and views.runs(empty).empty
     assert views.caption(empty) == "Suite: none; devices: none; revbench none."
+
+
+def test_arch_label_names_checkpointing_and_data_parallel_runs() -> None:
+    df = pd.DataFrame(
+        {
+            "model.arch": ["baseline", "baseline", "midpoint", "midpoint"],
+            "model.checkpointing": [False, True, False, False],
+            "train.parallel": [None, "none", "ddp", "fsdp"],
+            "train.nproc_per_node": [None, 1, 2, 8],
+        }
+    )
+    assert list(views.arch_label(df)) == [
+        "baseline",
+        "baseline+ckpt",
+        "midpoint ddp×2",
+        "midpoint fsdp×8",
+    ]
+    assert list(views.arch_label(df[["model.arch"]])) == [
+        "baseline",
+        "baseline",
+        "midpoint",
+        "midpoint",
+    ]
