@@ -63,11 +63,19 @@ def test_importing_revbench_imports_neither_ray_nor_submitit() -> None:
 def test_ray_and_submitit_rows_match_the_local_executor(tmp_path: Path) -> None:
     suite = write(tmp_path, SUITE)
     local = run_suite(suite, tmp_path / "local", quiet=True)
-    ray = make_executor("ray")
+    import ray
+
+    # A Ray instance with a custom resource the case runs ask for, as a GPU type would be;
+    # the executor joins the running instance and leaves it running.
+    ray.init(num_cpus=2, resources={"H100": 2}, include_dashboard=False, log_to_driver=False)
     try:
-        spread = run_suite(suite, tmp_path / "ray", quiet=True, executor=ray)
+        executor = make_executor("ray")
+        asks = Resources.parse({"H100": 1})
+        spread = run_suite(suite, tmp_path / "ray", quiet=True, executor=executor, resources=asks)
+        executor.close()
+        assert ray.is_initialized()
     finally:
-        ray.close()
+        ray.shutdown()
     from revbench.executors.slurm import SlurmExecutor
 
     slurm = SlurmExecutor(tmp_path / "slurm", cluster="local")  # submitit's local processes
