@@ -6,13 +6,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
+from test_runner import write
 
 from revbench import results
 from revbench.cli import main
@@ -35,12 +35,6 @@ cases:
   - {name: broken, arch: leapfrog, fault: error}
 metrics: [peak_memory]
 """
-
-
-def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return p
 
 
 def _outcomes(df: pd.DataFrame) -> pd.DataFrame:
