@@ -3,6 +3,13 @@
 Measures one metric of one case and writes ``{"status", "error", "columns"}`` as JSON. Plain
 data in, plain data out; the traceback of a failure goes to stderr, which the runner keeps.
 Out-of-memory is recognised by exception type, never by message text.
+
+A parallel case runs this on every torchrun rank. Every rank measures; when all succeed, rank 0
+gathers their columns and writes the case's (the metric's ``combine``). A rank that fails
+writes its own failure row, unless a row is already there, and exits non-zero at once: torchrun
+then stops the other ranks, which may be waiting on it inside a collective (a failure that
+desynchronises the ranks' collectives could not be gathered). The first failure is the row's,
+so an out-of-memory on one rank is not masked by the broken connection its peers see next.
 """
 
 from __future__ import annotations
@@ -48,8 +55,10 @@ def _last_line(exc: BaseException) -> str:
 
 
 def run(case_file: Path, metric: str) -> dict[str, Any]:
+    """Measure ``metric`` in this process (one rank of a parallel case: its own columns)."""
     import torch
 
+    from revbench.measure import parallel
     from revbench.measure.device import device_info
     from revbench.measure.metrics import METRICS
     from revbench.measure.step import resolve_device
@@ -58,24 +67,70 @@ def run(case_file: Path, metric: str) -> dict[str, Any]:
     case = Case.from_dict(json.loads(case_file.read_text()))
     try:
         _inject(case.measure["fault"])
+        if case.train["parallel"] != "none":
+            parallel.init(case)
         columns = METRICS.get(metric).measure(case)
         columns.update(device_info(resolve_device(case.train["device"])))
         return {"status": "ok", "error": None, "columns": columns}
     except torch.OutOfMemoryError as e:
         traceback.print_exc()
-        return {"status": "oom", "error": _last_line(e), "columns": {}}
+        return {"status": "oom", "error": _failure(e), "columns": {}}
     except Exception as e:
         traceback.print_exc()
-        return {"status": "error", "error": _last_line(e), "columns": {}}
+        return {"status": "error", "error": _failure(e), "columns": {}}
+
+
+def _failure(exc: BaseException) -> str:
+    """The error's last line, naming the rank in a parallel case."""
+    rank = os.environ.get("RANK")
+    return _last_line(exc) if rank is None else f"rank {rank}: {_last_line(exc)}"
+
+
+def _write(result: dict[str, Any], out: Path, *, replace: bool = True) -> None:
+    """Write ``out`` atomically; with ``replace`` False only when there is none yet (the first
+    failing rank's row stands)."""
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(result, default=str))
+    try:
+        if replace:
+            os.replace(tmp, out)
+        else:
+            os.link(tmp, out)  # atomic create-if-absent
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def run_rank(case_file: Path, metric: str, out: Path) -> int:
+    """One rank of a parallel case (module docstring); returns the exit code."""
+    from revbench.measure import parallel
+    from revbench.measure.metrics import METRICS
+
+    result = run(case_file, metric)
+    if result["status"] == "ok":
+        try:
+            rows = parallel.gather(result["columns"])
+        except Exception as e:  # a peer died between its measurement and the gather
+            traceback.print_exc()
+            result = {"status": "error", "error": _failure(e), "columns": {}}
+    if result["status"] != "ok":
+        _write(result, out, replace=False)
+        return 1
+    if rows is not None:  # rank 0
+        combine = METRICS.get(metric).combine
+        columns = combine(rows) if combine else rows[0]
+        _write({"status": "ok", "error": None, "columns": columns}, out)
+    parallel.shutdown()
+    return 0
 
 
 def main(argv: list[str]) -> int:
     _die_with_parent()
     case_file, metric, out = Path(argv[0]), argv[1], Path(argv[2])
-    result = run(case_file, metric)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, default=str))
-    os.replace(tmp, out)
+    if json.loads(case_file.read_text())["train"]["parallel"] != "none":  # under torchrun
+        return run_rank(case_file, metric, out)
+    _write(run(case_file, metric), out)
     return 0
 
 

@@ -44,8 +44,32 @@ class Metric:
     one variant of the case in a fresh child (``measure`` is then the trial), or
     ``run(variant, other_metric)`` to measure another metric of it."""
     distributed: bool = False
-    """Supports ``parallel`` cases: ``measure`` then runs on every torchrun rank and returns
-    the case's columns on rank 0 (per-rank figures gathered there)."""
+    """Supports ``parallel`` cases: ``measure`` then runs on every torchrun rank, and rank 0
+    turns the ranks' columns into the case's with ``combine``."""
+    combine: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+    """Distributed metrics: the case's columns from every rank's (in rank order)."""
+
+
+def combine_ranks(rows: list[dict[str, Any]], *, lowest: frozenset[str] = frozenset()) -> dict:
+    """Rank 0's columns, every number replaced by its maximum over the ranks (what must fit on
+    one device, the slowest rank's time), or its minimum for the names in ``lowest`` (rates each
+    rank computed from its own time); a flag holds when it holds on every rank."""
+    out = dict(rows[0])
+    for name, first in rows[0].items():
+        values = [r[name] for r in rows if r.get(name) is not None]
+        if isinstance(first, bool):
+            out[name] = all(values)
+        elif isinstance(first, int | float) and values:
+            out[name] = min(values) if name in lowest else max(values)
+    return out
+
+
+WORLD_SIZE = Column(
+    "world_size",
+    pa.int32(),
+    "processes",
+    "processes that trained the case together (train.nproc_per_node; 1 without parallel)",
+)
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -122,14 +146,29 @@ _MEM_COLUMNS = (
         "",
         "vmhwm+mmap65536 | ru_maxrss+mmap65536 | cuda_max_allocated",
     ),
+    WORLD_SIZE,
+    Column(
+        "peak_mem_bytes_rank_sum",
+        pa.int64(),
+        "bytes",
+        "parallel cases: peak_mem_bytes summed over the ranks (peak_mem_bytes and every other "
+        "byte column is the maximum over the ranks: what must fit on one device)",
+    ),
+    Column(
+        "peak_mem_bytes_per_rank",
+        pa.list_(pa.int64()),
+        "bytes",
+        "peak_mem_bytes of each rank, in rank order",
+    ),
 )
 
 
 def measure_peak_memory(case: Case) -> dict[str, Any]:
     import torch
 
+    from revbench.measure import parallel
     from revbench.measure.device import nvml_process_memory
-    from revbench.measure.memory import SavedTensors, read_peak_rss, read_rss, reset_peak_rss
+    from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
     from revbench.measure.stack import reversible_memory
     from revbench.measure.step import build_train_step, resolve_device, warm_runtime
 
@@ -157,7 +196,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     else:
         method = ("vmhwm" if reset_peak_rss() else "ru_maxrss") + "+mmap65536"
     reset()
-    with SavedTensors(step.model.parameters()) as saved:
+    with _activations(step.model) as saved:
         step.forward_backward()
     step.optimizer.step()
     step.optimizer.zero_grad(set_to_none=True)
@@ -169,15 +208,15 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
 
     # One more step, with the high-water mark restarted between forward and backward: what the
     # backward adds on top of the saved activations (reversible: the block being recomputed).
-    with step.autocast():
-        out = step.model(step.input_ids, labels=step.input_ids)
-    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+    loss = step.loss()
     before_backward = reset()
     loss.backward()
     backward_transient = peak() - before_backward if method != "ru_maxrss+mmap65536" else None
     step.optimizer.zero_grad(set_to_none=True)
-    stack, recompute = reversible_memory(step.model, step.input_ids, step.autocast())
+    with parallel.whole_parameters(step.model):  # FSDP2: the recompute needs whole weights
+        stack, recompute = reversible_memory(step.model, step.input_ids, step.autocast())
     return {
+        "world_size": step.world_size,
         "reversible_stack_bytes": stack,
         "recompute_step_bytes": recompute,
         "peak_mem_bytes": step_peak,
@@ -194,9 +233,44 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     }
 
 
+def _activations(model: Any) -> Any:
+    """``SavedTensors`` of one step, parameters excluded, including the whole (all-gathered)
+    parameters FSDP2 lends the blocks: they are allocated per forward, so their storages are
+    looked up when a tensor is saved rather than once."""
+    from revbench.measure import memory
+
+    if not any(hasattr(p, "to_local") for p in model.parameters()):  # no DTensor: not sharded
+        return memory.SavedTensors(model.parameters())
+
+    class Activations(memory.SavedTensors):
+        def _pack(self, t: Any) -> Any:
+            if not memory._in_backward():
+                key = memory._storage(t)[0]
+                if any(memory._storage(p)[0] == key for p in model.parameters()):
+                    return t
+            return super()._pack(t)
+
+    return Activations(model.parameters())
+
+
+def _combine_memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    peaks = [r["peak_mem_bytes"] for r in rows]
+    return {
+        **combine_ranks(rows),
+        "peak_mem_bytes_rank_sum": sum(peaks),
+        "peak_mem_bytes_per_rank": peaks,
+    }
+
+
 METRICS.add(
     "peak_memory",
-    Metric(_MEM_COLUMNS, measure_peak_memory, env=MMAP_ENV),
+    Metric(
+        _MEM_COLUMNS,
+        measure_peak_memory,
+        env=MMAP_ENV,
+        distributed=True,
+        combine=_combine_memory,
+    ),
     "peak memory of full training steps, with parameter/gradient/optimizer/activation bytes",
 )
 
@@ -207,14 +281,25 @@ _TIME_COLUMNS = (
     Column("step_time_s_median", pa.float64(), "s", "median time of a full training step"),
     Column("step_time_s_p10", pa.float64(), "s", "10th percentile step time"),
     Column("step_time_s_p90", pa.float64(), "s", "90th percentile step time"),
-    Column("tokens_per_s", pa.float64(), "tokens/s", "batch tokens / median step time"),
-    Column("samples_per_s", pa.float64(), "samples/s", "batch size / median step time"),
+    Column(
+        "tokens_per_s",
+        pa.float64(),
+        "tokens/s",
+        "tokens of one step (all ranks together) / median step time (parallel cases: the "
+        "slowest rank's, as every step time column)",
+    ),
+    Column(
+        "samples_per_s",
+        pa.float64(),
+        "samples/s",
+        "sequences of one step (all ranks together) / median step time",
+    ),
     Column("timed_steps", pa.int32(), "", "number of timed steps after warmup"),
     Column(
         "model_flops_per_step",
         pa.int64(),
         "FLOP",
-        "analytic forward + backward FLOPs of one step (measure/flops.py)",
+        "analytic forward + backward FLOPs of one step, all ranks together (measure/flops.py)",
     ),
     Column(
         "hardware_flops_per_step",
@@ -229,8 +314,14 @@ _TIME_COLUMNS = (
         "TFLOP/s",
         "peak dense rate of the GPU for the dtype (null on CPU or an unknown GPU)",
     ),
-    Column("mfu", pa.float64(), "", "model FLOP utilisation (model FLOPs/s over peak)"),
+    Column(
+        "mfu",
+        pa.float64(),
+        "",
+        "model FLOP utilisation (model FLOPs/s over peak, times world_size in parallel cases)",
+    ),
     Column("hfu", pa.float64(), "", "hardware FLOP utilisation (with recompute)"),
+    WORLD_SIZE,
 )
 
 
@@ -260,38 +351,69 @@ def measure_throughput(case: Case) -> dict[str, Any]:
     times.sort()
     median = statistics.median(times)
     cfg = step.model.config
-    batch, seq = step.input_ids.shape
+    seq = step.input_ids.shape[1]
     dev = device_info(step.device)
     util = utilisation(
-        training_step_flops(cfg, batch, seq),
+        training_step_flops(cfg, step.samples, seq),
         median,
         dev["device_type"],
         dev["device_name"],
         case.train["dtype"],
     )
+    for name in ("mfu", "hfu"):  # the FLOPs are all ranks'; so is the peak they are held to
+        if util[name] is not None:
+            util[name] /= step.world_size
     return {
         **util,
         "step_time_s_median": median,
         "step_time_s_p10": _percentile(times, 0.10),
         "step_time_s_p90": _percentile(times, 0.90),
         "tokens_per_s": step.tokens / median,
-        "samples_per_s": step.input_ids.shape[0] / median,
+        "samples_per_s": step.samples / median,
         "timed_steps": len(times),
+        "world_size": step.world_size,
     }
+
+
+# Each rank divides the step's global tokens and FLOPs by its own step time, so the slowest
+# rank's rate is the case's (every step waits for it in the gradient reduction).
+_RATES = frozenset(("tokens_per_s", "samples_per_s", "model_tflops_per_s", "mfu", "hfu"))
 
 
 METRICS.add(
     "throughput",
-    Metric(_TIME_COLUMNS, measure_throughput),
+    Metric(
+        _TIME_COLUMNS,
+        measure_throughput,
+        distributed=True,
+        combine=lambda rows: combine_ranks(rows, lowest=_RATES),
+    ),
     "median/p10/p90 time of a full training step after warmup; tokens/s and samples/s",
 )
 
 
 # --- max_batch_size ------------------------------------------------------------------------
 
+
+def _measure_trial(case: Case) -> dict[str, Any]:
+    from revbench.measure import parallel
+
+    return {**batch.measure_trial(case), "world_size": parallel.ranks().world_size}
+
+
+# A parallel trial fits when it fits on every rank; its footprint is the largest rank's.
+_TRIAL_COLUMNS = (*batch.COLUMNS, WORLD_SIZE)
+
 METRICS.add(
     "max_batch_size",
-    Metric(batch.COLUMNS, batch.measure_trial, env=MMAP_ENV, search=batch.search),
+    Metric(
+        _TRIAL_COLUMNS,
+        _measure_trial,
+        env=MMAP_ENV,
+        search=batch.search,
+        distributed=True,
+        combine=combine_ranks,
+    ),
     "largest batch (or seq_len) whose full training steps fit the memory budget; "
     "one fresh process per trial",
 )
@@ -347,10 +469,12 @@ def _throughput_at_max_batch(case: Case, run: RunChild) -> Outcome:
 METRICS.add(
     "throughput_at_max_batch",
     Metric(
-        (*batch.COLUMNS, *_AT_MAX_COLUMNS),
-        batch.measure_trial,
+        (*_TRIAL_COLUMNS, *_AT_MAX_COLUMNS),
+        _measure_trial,
         env=MMAP_ENV,
         search=_throughput_at_max_batch,
+        distributed=True,
+        combine=combine_ranks,
     ),
     "max batch search, then throughput at that batch (each model at its own largest batch)",
 )

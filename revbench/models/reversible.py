@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -71,6 +72,109 @@ def _autocast_state(device_type: str) -> dict[str, Any]:
     }
 
 
+def _fsdp_sharded(block: object) -> bool:
+    """Whether ``fully_shard`` (FSDP2) was applied to ``block``. Looked up in ``sys.modules``:
+    nothing can be sharded before torch.distributed.fsdp is imported, and importing it here
+    would cost every process ~1 s."""
+    fsdp = sys.modules.get("torch.distributed.fsdp")
+    return fsdp is not None and isinstance(block, fsdp.FSDPModule)
+
+
+def _trainable(block: torch.nn.Module) -> list[Tensor]:
+    return [p for p in block.parameters() if p.requires_grad]
+
+
+def _gathered(steps: Sequence[Step], order: Iterable[int]) -> Iterator[tuple[int, Scheme, Block]]:
+    """``(i, scheme, block)`` for the steps in ``order``, each block's parameters whole while
+    its run of consecutive steps lasts.
+
+    Under FSDP2 (``fully_shard`` on the block) that is ``unshard()`` (one all-gather) at the
+    start of the run and ``reshard()`` at its end. The schemes call the blocks' branch methods,
+    not ``forward``, so FSDP's own hooks never fire and the Function does what they would.
+    Without FSDP this only walks the steps. Close the generator (``contextlib.closing``) so an
+    exception mid-run still reshards.
+    """
+    held: Block | None = None
+    try:
+        for i in order:
+            scheme, block = steps[i]
+            if block is not held:
+                if _fsdp_sharded(held):
+                    held.reshard()
+                held = None
+                if _fsdp_sharded(block):
+                    block.unshard()
+                held = block
+            yield i, scheme, block
+    finally:
+        if _fsdp_sharded(held):
+            held.reshard()
+
+
+def _weight_grads(weights: list[Tensor], grads: list[Tensor | None]) -> list[Tensor | None]:
+    """The gradients of the Function's inputs ``weights`` (one block's) from the gradients of
+    their whole parameters: as they are, or for FSDP2-sharded weights (DTensors) averaged over
+    the ranks and scattered, each rank keeping its shard (``_reduce_scatter``)."""
+    dtensor = sys.modules.get("torch.distributed.tensor")  # imported by anything sharded
+    if dtensor is None or not any(isinstance(w, dtensor.DTensor) for w in weights):
+        return grads
+    # Every rank must join the collective, so a missing gradient counts as zeros.
+    whole = [
+        w.to_local().new_zeros(w.shape) if g is None else g
+        for w, g in zip(weights, grads, strict=True)
+    ]
+    return _reduce_scatter(weights, whole)
+
+
+def _reduce_scatter(weights: list[Any], grads: list[Tensor]) -> list[Tensor]:
+    """FSDP2's gradient reduction for one block: the whole gradients of every rank averaged
+    and scattered in ONE reduce-scatter, each rank receiving the rows of its shards
+    (``torch.chunk`` of dim 0, as FSDP2 shards), returned as DTensors placed like ``weights``;
+    autograd accumulates them into the sharded ``param.grad``, where FSDP2 keeps its own.
+    """
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Shard
+
+    mesh = weights[0].device_mesh
+    if mesh.ndim != 1 or any(tuple(w.placements) != (Shard(0),) for w in weights):
+        raise NotImplementedError(
+            "reversible backprop under FSDP2 expects parameters sharded on dim 0 over a 1-D "
+            f"mesh (revbench's fully_shard), got {weights[0].placements} on {mesh}"
+        )
+    world = mesh.size()
+    rows = [-(-w.shape[0] // world) for w in weights]  # torch.chunk's chunk size
+    parts = []
+    for g, r in zip(grads, rows, strict=True):
+        padded = g.new_zeros((r * world, *g.shape[1:]))
+        padded[: g.shape[0]] = g
+        parts.append(padded.reshape(world, -1))  # row k: rank k's rows of this parameter
+    # Divide before summing, as FSDP2 does for float64 and on gloo (no AVG there).
+    send = torch.cat(parts, dim=1).div_(world)
+    mine = send.new_empty(send.shape[1])
+    # reduce_scatter_single is reduce_scatter_tensor's name from torch 2.13 on.
+    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    reduce_scatter(mine, send.reshape(-1), group=mesh.get_group())
+    out, start = [], 0
+    for w, part in zip(weights, parts, strict=True):
+        local = w.to_local()  # this rank's shard: its shape, possibly fewer rows or none
+        shard = mine[start : start + local.numel()].view(local.shape)  # then its padding
+        start += part.shape[1]
+        out.append(DTensor.from_local(shard, mesh, w.placements, shape=w.shape, stride=w.stride()))
+    return out
+
+
+def _hand_over(
+    ctx: Any, block: Block | None, pending: list[Tensor | None], wgrads: list[Tensor | None]
+) -> None:
+    """Add the summed gradients of ``block``'s parameters to the Function's weight gradients."""
+    if block is None:
+        return
+    slots = ctx.slots[id(block)]
+    for j, gw in zip(slots, _weight_grads([ctx.weights[j] for j in slots], pending), strict=True):
+        if gw is not None:
+            wgrads[j] = gw if wgrads[j] is None else wgrads[j] + gw
+
+
 class ReversibleFunction(torch.autograd.Function):
     """Runs ``steps`` on the state (x0, x1) keeping nothing per step; rebuilds in backward."""
 
@@ -84,11 +188,16 @@ class ReversibleFunction(torch.autograd.Function):
         *weights: Tensor,
     ) -> State:
         ctx.steps, ctx.weights = steps, weights
+        # Each block's trainable parameters as positions in ``weights``, read now: under FSDP2
+        # the module's parameters are the sharded ones (the Function's inputs) only while it is
+        # not unsharded.
+        index = {id(w): i for i, w in enumerate(weights)}
+        ctx.slots = {id(b): [index[id(p)] for p in _trainable(b)] for _, b in steps}
         ctx.autocast = _autocast_state(x0.device.type)
         ctx.rng = []
         state: State = (x0, x1)
-        with torch.no_grad():
-            for scheme, block in steps:
+        with torch.no_grad(), contextlib.closing(_gathered(steps, range(len(steps)))) as run:
+            for _, scheme, block in run:
                 if preserve_rng:
                     ctx.rng.append(_RngState(x0))
                 state = scheme.forward_step(state, block)
@@ -107,31 +216,40 @@ class ReversibleFunction(torch.autograd.Function):
             )
         y = ctx.saved_tensors
         g = [gr if gr is not None else torch.zeros_like(s) for gr, s in zip(grads, y, strict=True)]
-        index = {id(w): i for i, w in enumerate(ctx.weights)}
         wgrads: list[Tensor | None] = [None] * len(ctx.weights)
-        for i in reversed(range(len(ctx.steps))):
-            scheme, block = ctx.steps[i]
-            params = [p for p in block.parameters() if p.requires_grad]
-            rng = ctx.rng[i].restored() if ctx.rng else contextlib.nullcontext()
-            with torch.enable_grad(), torch.autocast(**ctx.autocast), rng:
-                # Views, not leaves: module backward hooks (FlopCounterMode's ModuleTracker) hang
-                # multi-grad hooks on block inputs, which torch refuses on leaves in autograd.grad.
-                leaves = tuple(t.detach().requires_grad_().view_as(t) for t in y)
-                x, y_hat = scheme.inverse_step(leaves, block)
-                out = torch.autograd.grad(y_hat, (*x, *params), g, allow_unused=True)
-            # A step may change the number of slots (RevFFN's split of the stream into halves
-            # plus its auxiliary-loss slot), so the slot count is the rebuilt input's.
-            n = len(x)
-            g = [
-                gx if gx is not None else torch.zeros_like(t)
-                for gx, t in zip(out[:n], x, strict=True)
-            ]
-            for p, gp in zip(params, out[n:], strict=True):
-                if gp is not None:
-                    j = index[id(p)]
-                    wgrads[j] = gp if wgrads[j] is None else wgrads[j] + gp
-            y = tuple(t.detach() for t in x)
-            del leaves, x, y_hat, out  # this step's graph and grads go before the next recompute
+        # The gradients of one block are summed over its run of consecutive steps (RevNet's two
+        # half-steps, the Euler start and layer 1) and handed to its weights once the run ends:
+        # under FSDP2 that is one reduce-scatter per block.
+        held: Block | None = None
+        pending: list[Tensor | None] = []
+        with contextlib.closing(_gathered(ctx.steps, reversed(range(len(ctx.steps))))) as run:
+            for i, scheme, block in run:
+                if block is not held:
+                    _hand_over(ctx, held, pending, wgrads)
+                    held, pending = block, [None] * len(ctx.slots[id(block)])
+                params = _trainable(block)  # whole (all-gathered) under FSDP2
+                rng = ctx.rng[i].restored() if ctx.rng else contextlib.nullcontext()
+                with torch.enable_grad(), torch.autocast(**ctx.autocast), rng:
+                    # Views, not leaves: module backward hooks (FlopCounterMode's ModuleTracker)
+                    # hang multi-grad hooks on block inputs, which torch refuses on leaves in
+                    # autograd.grad.
+                    leaves = tuple(t.detach().requires_grad_().view_as(t) for t in y)
+                    x, y_hat = scheme.inverse_step(leaves, block)
+                    out = torch.autograd.grad(y_hat, (*x, *params), g, allow_unused=True)
+                # A step may change the number of slots (RevFFN's split of the stream into
+                # halves plus its auxiliary-loss slot), so the slot count is the rebuilt input's.
+                n = len(x)
+                g = [
+                    gx if gx is not None else torch.zeros_like(t)
+                    for gx, t in zip(out[:n], x, strict=True)
+                ]
+                pending = [
+                    gp if acc is None else acc if gp is None else acc + gp
+                    for acc, gp in zip(pending, out[n:], strict=True)
+                ]
+                y = tuple(t.detach() for t in x)
+                del leaves, x, y_hat, out  # this step's graph goes before the next recompute
+            _hand_over(ctx, held, pending, wgrads)
         need = ctx.needs_input_grad
         return (None, None, g[0] if need[2] else None, g[1] if need[3] else None, *wgrads)
 
@@ -168,9 +286,20 @@ class ReversibleLM(LanguageModel):
         self.steps_per_layer = len(layers[0])
 
     def run_steps(self, state: State) -> State:
-        """The plain path: every step under ordinary autograd (or none)."""
-        for scheme, block in self.steps:
-            state = scheme.forward_step(state, block)
+        """The plain path: every step under ordinary autograd (or none).
+
+        Under FSDP2 only without grad (each block all-gathered around its steps): ordinary
+        autograd would need every block's whole parameters kept until backward, which FSDP's
+        hooks arrange for ``forward`` calls and these branch calls bypass.
+        """
+        if torch.is_grad_enabled() and any(_fsdp_sharded(b) for b in self.blocks):
+            raise RuntimeError(
+                "the plain path (reversible_backprop = False) does not train under FSDP2; "
+                "use the reversible backward, or parallel: ddp"
+            )
+        with contextlib.closing(_gathered(self.steps, range(len(self.steps)))) as run:
+            for _, scheme, block in run:
+                state = scheme.forward_step(state, block)
         return state
 
     def trunk(self, x: Tensor) -> Tensor:
