@@ -220,6 +220,13 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
         make_executor("ray")
 
 
+def _is_case(proc: psutil.Process) -> bool:
+    try:
+        return "revbench.child" in proc.cmdline()
+    except psutil.Error:  # ended meanwhile (the git call that reads the commit)
+        return False
+
+
 def test_sigterm_stops_the_run_and_its_case_processes(tmp_path: Path) -> None:
     suite = write(
         tmp_path,
@@ -229,12 +236,10 @@ def test_sigterm_stops_the_run_and_its_case_processes(tmp_path: Path) -> None:
     )
     cmd = [sys.executable, "-m", "revbench.cli", "run", str(suite), "--out", str(tmp_path / "r")]
     driver = subprocess.Popen([*cmd, "--quiet"], stderr=subprocess.PIPE, text=True)
-    end = time.monotonic() + 60
-    while not [p for p in psutil.Process(driver.pid).children(recursive=True)] and (
-        time.monotonic() < end
-    ):
+    end, children = time.monotonic() + 60, []
+    while not children and time.monotonic() < end:  # the hanging case's process
         time.sleep(0.05)
-    children = psutil.Process(driver.pid).children(recursive=True)
+        children = [p for p in psutil.Process(driver.pid).children(recursive=True) if _is_case(p)]
     assert children, "no case process started"
     driver.send_signal(signal.SIGTERM)
     _, err = driver.communicate(timeout=60)
