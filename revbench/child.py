@@ -47,6 +47,8 @@ def _inject(fault: str) -> None:
         raise RuntimeError("injected fault (measure.fault: error)")
     if fault == "oom":
         raise torch.OutOfMemoryError("injected fault (measure.fault: oom)")
+    if fault == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _last_line(exc: BaseException) -> str:
@@ -108,6 +110,7 @@ def run_rank(case_file: Path, metric: str, out: Path) -> int:
     from revbench.measure.metrics import METRICS
 
     result = run(case_file, metric)
+    rows = None
     if result["status"] == "ok":
         try:
             rows = parallel.gather(result["columns"])

@@ -149,9 +149,24 @@ def _run_child(
         err = f"{metric}: {res['error']}" if res["error"] else None
         return res["status"], err, res["columns"]
     # No result: the process died (segfault, abort, the kernel's OOM killer sends SIGKILL).
+    died = _torchrun_root_cause(log) if case.train["parallel"] != "none" else None
+    if died is not None:  # torchrun exits 1 whatever killed the rank it names first
+        rank, rank_code = died
+        status = "oom" if rank_code == -signal.SIGKILL else "error"
+        return status, f"{metric}: rank {rank} {_exit_reason(rank_code)}", {}
     status = "oom" if code == -signal.SIGKILL else "error"
     tail = _last_line(log)
     return status, f"{metric}: process {_exit_reason(code)}" + (f": {tail}" if tail else ""), {}
+
+
+def _torchrun_root_cause(log: Path) -> tuple[int, int] | None:
+    """(rank, exit code) of the first rank torchrun saw fail, from its failure summary."""
+    text = log.read_text(errors="replace")
+    if "Root Cause" not in text:
+        return None
+    cause = text.rpartition("Root Cause")[2]
+    m = re.search(r"rank\s*:\s*(\d+).*?exitcode\s*:\s*(-?\d+)", cause, re.DOTALL)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def _row(

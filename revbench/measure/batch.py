@@ -119,7 +119,8 @@ COLUMNS = (
         "max_batch_size",
         pa.int64(),
         "samples",
-        "largest batch that fits the budget (search: batch_size); null when none fits",
+        "largest batch that fits the budget (search: batch_size; per rank in a parallel case, "
+        "fitting on every rank); null when none fits",
     ),
     Column(
         "max_seq_len", pa.int64(), "tokens", "largest sequence length that fits (search: seq_len)"

@@ -11,7 +11,7 @@ Two figures, because on CPU neither alone is the truth (MEASUREMENT-NOTES.md):
 from __future__ import annotations
 
 import resource
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 
 import psutil
@@ -48,10 +48,18 @@ class SavedTensors:
     >>> saved.bytes
     """
 
-    def __init__(self, exclude: Iterable[torch.Tensor | int] = ()) -> None:
+    def __init__(
+        self,
+        exclude: Iterable[torch.Tensor | int] = (),
+        *,
+        exclude_now: Callable[[], Iterable[torch.Tensor]] | None = None,
+    ) -> None:
         """``exclude``: parameters (or any tensors) whose storage is not activation memory, or
-        their storages' ``data_ptr()`` values."""
+        their storages' ``data_ptr()`` values. ``exclude_now``: tensors looked up at each save,
+        for parameters whose storage changes between passes (the whole parameters FSDP2
+        all-gathers for every forward, e.g. ``model.parameters``)."""
         self._exclude = {_storage(t)[0] if isinstance(t, torch.Tensor) else int(t) for t in exclude}
+        self._exclude_now = exclude_now
         self._seen: dict[int, int] = {}
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
         self.bytes = 0
@@ -59,7 +67,8 @@ class SavedTensors:
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         if not _in_backward():
             key, nbytes = _storage(t)
-            if key not in self._exclude:
+            now = () if self._exclude_now is None else self._exclude_now()
+            if key not in self._exclude and all(_storage(p)[0] != key for p in now):
                 self._seen[key] = max(nbytes, self._seen.get(key, 0))
         return t
 

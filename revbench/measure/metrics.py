@@ -50,7 +50,9 @@ class Metric:
     """Distributed metrics: the case's columns from every rank's (in rank order)."""
 
 
-def combine_ranks(rows: list[dict[str, Any]], *, lowest: frozenset[str] = frozenset()) -> dict:
+def combine_ranks(
+    rows: list[dict[str, Any]], *, lowest: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     """Rank 0's columns, every number replaced by its maximum over the ranks (what must fit on
     one device, the slowest rank's time), or its minimum for the names in ``lowest`` (rates each
     rank computed from its own time); a flag holds when it holds on every rank."""
@@ -148,14 +150,14 @@ _MEM_COLUMNS = (
     ),
     WORLD_SIZE,
     Column(
-        "peak_mem_bytes_rank_sum",
+        "peak_mem_rank_sum_bytes",
         pa.int64(),
         "bytes",
         "parallel cases: peak_mem_bytes summed over the ranks (peak_mem_bytes and every other "
         "byte column is the maximum over the ranks: what must fit on one device)",
     ),
     Column(
-        "peak_mem_bytes_per_rank",
+        "peak_mem_per_rank_bytes",
         pa.list_(pa.int64()),
         "bytes",
         "peak_mem_bytes of each rank, in rank order",
@@ -237,28 +239,18 @@ def _activations(model: Any) -> Any:
     """``SavedTensors`` of one step, parameters excluded, including the whole (all-gathered)
     parameters FSDP2 lends the blocks: they are allocated per forward, so their storages are
     looked up when a tensor is saved rather than once."""
-    from revbench.measure import memory
+    from revbench.measure.memory import SavedTensors
 
-    if not any(hasattr(p, "to_local") for p in model.parameters()):  # no DTensor: not sharded
-        return memory.SavedTensors(model.parameters())
-
-    class Activations(memory.SavedTensors):
-        def _pack(self, t: Any) -> Any:
-            if not memory._in_backward():
-                key = memory._storage(t)[0]
-                if any(memory._storage(p)[0] == key for p in model.parameters()):
-                    return t
-            return super()._pack(t)
-
-    return Activations(model.parameters())
+    sharded = any(hasattr(p, "to_local") for p in model.parameters())  # DTensor: FSDP2
+    return SavedTensors(model.parameters(), exclude_now=model.parameters if sharded else None)
 
 
 def _combine_memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
     peaks = [r["peak_mem_bytes"] for r in rows]
     return {
         **combine_ranks(rows),
-        "peak_mem_bytes_rank_sum": sum(peaks),
-        "peak_mem_bytes_per_rank": peaks,
+        "peak_mem_rank_sum_bytes": sum(peaks),
+        "peak_mem_per_rank_bytes": peaks,
     }
 
 

@@ -1,0 +1,217 @@
+"""Data-parallel cases: every torchrun rank trains the case's model on its own batch.
+
+``parallel: ddp`` wraps the model in ``DistributedDataParallel``; ``parallel: fsdp`` applies
+FSDP2's ``fully_shard`` to every block and then to the root (embedding, final norm and the tied
+head form the root's group). nccl on CUDA (one device per rank, ``LOCAL_RANK``), gloo on CPU.
+Rank ``r`` of ``n`` trains on rows ``r*B .. (r+1)*B`` of the batch one process with batch size
+``n*B`` would draw, so the ranks' data differ and together they are exactly that global batch
+(the parallel tests compare gradients against it).
+
+Reversible models under DDP need nothing special: the reversible Function returns the trunk's
+weight gradients from its backward and autograd accumulates them into ``param.grad``, where
+DDP's hooks fire. All trunk gradients arrive together at the end of the Function's backward,
+though, so DDP cannot overlap their all-reduce with the trunk's backward (only the head's and the
+embedding's gradients overlap with compute).
+
+FSDP2 does not work on a reversible model as is: its hooks fire around ``forward`` calls, and
+the schemes call the blocks' branch methods (``f``, ``attn_branch``, ...) inside one autograd
+Function whose backward takes gradients with ``torch.autograd.grad`` (which never fills
+``.grad``, the tensor FSDP2 reduce-scatters). So the Function does what the hooks would
+(``models/reversible.py``): per run of consecutive steps on one block, ``unshard()`` (one
+all-gather) and ``reshard()`` after, in forward and again around each recompute in backward;
+the block's whole-parameter gradients, summed over its steps, are reduce-scattered (averaged)
+into DTensors placed like the sharded parameters and returned as the Function's weight
+gradients, which autograd accumulates into the sharded ``param.grad`` where FSDP2 keeps its
+own. FSDP2's end-of-backward callback then finds no unsharded gradient on the blocks and adds
+nothing. What FSDP2's hooks would add and this does not: prefetching the next block's all-gather
+and reduce-scatter overlapping compute, and a MixedPrecisionPolicy's reduce dtype.
+
+Collectives of one training step under FSDP2, per block (counted with a TorchDispatchMode on
+the c10d ops, 2 ranks, gloo, 2 and 4 layers; the root adds one all-gather and one
+reduce-scatter; FSDP2 does not reshard the root after forward):
+
+==========================  ==========  ==============
+model                       all-gather  reduce-scatter
+==========================  ==========  ==============
+baseline                    2           1
+baseline + checkpointing    2           1
+midpoint, leapfrog, revnet  2           1
+==========================  ==========  ==============
+
+Baseline: forward and pre-backward. Checkpointing: the same two; the recompute runs inside the
+pre-backward's unshard. Reversible: forward and recompute (a RevNet layer's two half-steps, or
+midpoint's Euler start and layer 1, share one block and one all-gather). Under DDP every model
+all-reduces its gradients once, in buckets; with 0.5 MB buckets (8 layers, d_model 128) the
+baseline launches its 13 buckets from 9% to 99% of the backward's duration, midpoint launches
+all 12 at 82-85%, when the Function returns: no overlap with the trunk's backward.
+
+``suites/parallel.yaml`` on 2 CPU processes (gloo, 1 thread each; GPT-2 blocks, 8 layers,
+d_model 128, batch 8 x 128 per rank, AdamW, float32). Per-rank training footprint
+(``peak_mem_delta_bytes``, the larger rank's), activations, and median step time:
+
+==============  ========  ===========  ========  ====================
+case            MiB/rank  activations  step (s)  tokens/s (2 ranks)
+==============  ========  ===========  ========  ====================
+ddp baseline    100.2     67.3 MiB     0.195     10,520
+ddp + ckpt      45.0      7.0 MiB      0.238     8,604
+ddp midpoint    49.2      3.5 MiB      0.241     8,481
+fsdp baseline   89.1      67.3 MiB     0.274     7,475
+fsdp + ckpt     31.7      7.0 MiB      0.341     6,003
+fsdp midpoint   36.0      3.5 MiB      0.376     5,450
+==============  ========  ===========  ========  ====================
+
+FSDP2 halves parameters, gradients and optimizer state per rank (6.4 + 6.4 + 12.7 MiB under DDP,
+3.2 + 3.2 + 6.4 under FSDP2). Midpoint's backward transient (15-17 MiB: one block's recompute,
+the block's whole gradients and, under FSDP2, the reduce-scatter buffers) is larger than
+checkpointing's (9-10 MiB), which is why its footprint is not below checkpointing's at this size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from revbench.errors import ConfigError
+
+if TYPE_CHECKING:
+    from revbench.suite import Case
+
+# A rank that dies stops its peers through torchrun (child.py exits non-zero on failure); this
+# timeout is the backstop for a rank that hangs, so the others give up well before the default
+# (10 min nccl, 30 min gloo).
+MAX_COLLECTIVE_TIMEOUT_S = 300.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranks:
+    """This process's place among the case's processes (rank 0 of 1 outside torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def active() -> bool:
+    """Whether ``init`` ran in this process (a parallel case's rank)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def ranks() -> Ranks:
+    """The process group's ranks once ``init`` ran, else a single process."""
+    import torch.distributed as dist
+
+    if not active():
+        return Ranks()
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(case: Case) -> Ranks:
+    """Join the process group torchrun describes in the environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``); selects this rank's GPU on CUDA."""
+    import torch.distributed as dist
+
+    from revbench.measure.step import resolve_device
+
+    if not dist.is_available():
+        raise ConfigError(f"parallel: {case.train['parallel']} needs torch.distributed")
+    if "RANK" not in os.environ:
+        raise ConfigError("parallel cases run under torchrun (revbench.runner starts them)")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = resolve_device(case.train["device"])
+    if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ConfigError(
+                f"nproc_per_node is {case.train['nproc_per_node']} but torch sees "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+        torch.cuda.set_device(local)
+    timeout = dt.timedelta(seconds=min(case.measure["timeout_s"], MAX_COLLECTIVE_TIMEOUT_S))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=timeout)
+    return ranks()
+
+
+def shutdown() -> None:
+    import torch.distributed as dist
+
+    if active():
+        dist.destroy_process_group()
+
+
+def wrap(model: torch.nn.Module, parallel: str, device: torch.device) -> torch.nn.Module:
+    """The module a training step calls: the model itself (``none``, ``fsdp``, which shards it
+    in place) or its DDP wrapper."""
+    if parallel == "none":
+        return model
+    if parallel == "ddp":
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(
+            model,
+            device_ids=[device] if device.type == "cuda" else None,
+            # Routed experts a batch leaves idle get no gradient in that step.
+            find_unused_parameters=bool(getattr(model.config, "n_experts", 0)),
+        )
+    if parallel == "fsdp":
+        fully_shard = _fully_shard()
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    raise ConfigError(f"unknown parallel mode {parallel!r}")
+
+
+def _fully_shard() -> Any:
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        try:  # torch 2.4 and 2.5 kept FSDP2 under _composable
+            from torch.distributed._composable.fsdp import fully_shard
+        except ImportError:
+            raise ConfigError(
+                f"parallel: fsdp needs FSDP2 (torch.distributed.fsdp.fully_shard, torch >= 2.4); "
+                f"torch {torch.__version__} lacks it; use parallel: ddp"
+            ) from None
+    return fully_shard
+
+
+def gather(obj: Any) -> list[Any] | None:
+    """``obj`` of every rank, in rank order, on rank 0 (None elsewhere); ``[obj]`` outside a
+    process group."""
+    import torch.distributed as dist
+
+    r = ranks()
+    if r.world_size == 1:
+        return [obj]
+    out: list[Any] | None = [None] * r.world_size if r.rank == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
+@contextlib.contextmanager
+def whole_parameters(model: torch.nn.Module) -> Iterator[None]:
+    """Every FSDP2-sharded module of ``model`` unsharded for the duration (to inspect the model
+    outside a training step); nothing to do otherwise."""
+    fsdp = _fsdp_modules(model)
+    for m in fsdp:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in fsdp:
+            m.reshard()
+
+
+def _fsdp_modules(model: torch.nn.Module) -> list[Any]:
+    import sys
+
+    mod = sys.modules.get("torch.distributed.fsdp")
+    return [m for m in model.modules() if mod is not None and isinstance(m, mod.FSDPModule)]

@@ -1,0 +1,202 @@
+"""Parallel cases: 2 CPU processes (gloo) under DDP and FSDP2 give one process's gradients.
+
+Each worker process joins a gloo group the way a torchrun rank does (``parallel.init`` from
+RANK / WORLD_SIZE / MASTER_* in the environment), builds the case's training step (its half of
+the global batch, the model wrapped or sharded) and runs one forward and backward in float64.
+Reference: one process, no wrapper, the global batch (batch_size x 2). Each rank's loss is the
+mean over its own tokens, and DDP and FSDP average the ranks' gradients, so the two must agree
+to rounding: relative error per parameter below 1e-12 (seen: ~1e-16).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from gradcheck import rel
+
+from revbench.measure import parallel
+from revbench.measure.step import build_train_step
+from revbench.suite import Case, load_suite
+
+WORLD = 2
+TOL = 1e-12
+
+MODELS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    "baseline+ckpt": {"checkpointing": True},
+    "midpoint": {"arch": "midpoint"},
+    "midpoint-euler-llama": {"arch": "midpoint", "init_state": "euler", "block": "llama"},
+    # 3 heads of 11: qkv has 99 rows, sharded 50 + 49 (FSDP2 pads the last shard).
+    "midpoint-uneven": {"arch": "midpoint", "d_model": 33, "n_heads": 3},
+    "leapfrog": {"arch": "leapfrog"},
+    "revnet": {"arch": "revnet"},
+    # The load-balancing loss is a product of batch statistics, each rank's of its own batch
+    # (as in any data-parallel MoE), so it is not the global batch's: left out here.
+    "revffn-moe": {"arch": "revffn", "n_experts": 4, "aux_loss_weight": 0.0},
+    "moe": {"arch": "moe", "n_experts": 4, "aux_loss_weight": 0.0},
+}
+SUITE = {
+    "name": "grads",
+    "defaults": {
+        "model": {"vocab_size": 64, "d_model": 32, "n_heads": 2, "max_seq_len": 16, "n_layers": 3},
+        "data": {"batch_size": 2, "seq_len": 12},
+        "train": {"device": "cpu", "dtype": "float64", "threads": 1, "nproc_per_node": WORLD},
+    },
+    "measure": {"timeout_s": 60},
+    "cases": [
+        {"name": f"{name},{mode}", "parallel": mode, **over}
+        for mode in ("ddp", "fsdp")
+        for name, over in MODELS.items()
+    ],
+    "metrics": ["peak_memory"],
+}
+
+
+def _cases(tmp: Path) -> list[Case]:
+    path = tmp / "grads.yaml"
+    path.write_text(json.dumps(SUITE))  # JSON is YAML
+    return list(load_suite(path).cases)
+
+
+def _grads(case: Case) -> dict[str, torch.Tensor]:
+    """One forward and backward of the case's step; every gradient whole (gathered)."""
+    step = build_train_step(case)
+    step.forward_backward()
+    if case.train["parallel"] == "fsdp":  # every block resharded after the step
+        assert all(hasattr(p, "to_local") for p in step.model.parameters())
+    out = {}
+    for name, p in step.model.named_parameters():
+        g = p.grad
+        if g is not None and hasattr(g, "full_tensor"):  # FSDP2: this rank's shard
+            g = g.full_tensor()
+        out[name] = g.detach().clone() if g is not None else None
+    return out
+
+
+def _worker(rank: int, port: int, tmp: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    cases = _cases(Path(tmp))
+    parallel.init(cases[0])
+    try:
+        grads = {case.name: _grads(case) for case in cases}
+        if rank == 0:
+            torch.save(grads, Path(tmp) / "parallel.pt")
+    finally:
+        parallel.shutdown()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, Case]]:
+    """Gradients of every case from the 2-process run, and the cases."""
+    tmp = tmp_path_factory.mktemp("parallel")
+    mp.spawn(_worker, args=(_free_port(), str(tmp)), nprocs=WORLD, join=True)
+    cases = {c.name: c for c in _cases(tmp)}
+    return torch.load(tmp / "parallel.pt"), cases
+
+
+def _reference(case: Case) -> dict[str, torch.Tensor]:
+    """One process, no wrapper, the ranks' batches together."""
+    single = dataclasses.replace(
+        case,
+        data={**case.data, "batch_size": case.data["batch_size"] * WORLD},
+        train={**case.train, "parallel": "none", "nproc_per_node": 1},
+    )
+    return _grads(single)
+
+
+NAMES = [c["name"] for c in SUITE["cases"]]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_two_processes_give_the_global_batch_gradients(
+    runs: tuple[dict[str, Any], dict[str, Case]], name: str
+) -> None:
+    grads, cases = runs
+    got, want = grads[name], _reference(cases[name])
+    assert got.keys() == want.keys()
+    for pname, g in want.items():
+        assert (got[pname] is None) == (g is None), pname
+        if g is not None:
+            err = rel(got[pname], g)
+            assert err < TOL, f"{pname}: relative gradient error {err:.1e}"
+
+
+# --- through the runner: torchrun, every rank measuring, rank 0 writing the row ---------------
+
+RUNNER_SUITE = """
+name: ddp
+defaults:
+  model: {arch: midpoint, vocab_size: 64, d_model: 32, n_heads: 2, max_seq_len: 16, n_layers: 2}
+  data: {batch_size: 2, seq_len: 16}
+  train: {device: cpu, threads: 1, parallel: ddp, nproc_per_node: 2}
+measure: {warmup: 1, steps: 2, timeout_s: 120}
+metrics: [peak_memory, throughput]
+"""
+
+
+def test_a_ddp_case_run_by_the_runner_gives_one_row_for_both_ranks(tmp_path: Path) -> None:
+    from revbench.runner import run_suite
+
+    path = tmp_path / "ddp.yaml"
+    path.write_text(RUNNER_SUITE)
+    (ok,) = run_suite(path, tmp_path / "res", quiet=True).rows
+    assert ok["status"] == "ok", ok["error"]
+    assert ok["world_size"] == 2
+    per_rank = ok["peak_mem_per_rank_bytes"]
+    assert len(per_rank) == 2 and ok["peak_mem_bytes"] == max(per_rank)
+    assert ok["peak_mem_rank_sum_bytes"] == sum(per_rank)
+    # Global throughput: both ranks' tokens per step over the step time.
+    tokens = 2 * ok["data.batch_size"] * ok["data.seq_len"]
+    assert ok["tokens_per_s"] == pytest.approx(tokens / ok["step_time_s_median"])
+
+
+def test_a_failing_rank_gives_an_error_row_naming_it(tmp_path: Path) -> None:
+    from revbench.runner import run_suite
+
+    path = tmp_path / "fails.yaml"
+    text = RUNNER_SUITE.replace("[peak_memory, throughput]", "[throughput]")
+    path.write_text(text.replace("timeout_s: 120", "timeout_s: 120, fault: error"))
+    (row,) = run_suite(path, tmp_path / "res", quiet=True).rows
+    assert row["status"] == "error"
+    assert row["error"].startswith("throughput: rank ") and "injected fault" in row["error"]
+
+
+def test_a_rank_killed_like_the_oom_killer_gives_an_oom_row(tmp_path: Path) -> None:
+    from revbench.runner import run_suite
+
+    path = tmp_path / "killed.yaml"
+    text = RUNNER_SUITE.replace("[peak_memory, throughput]", "[throughput]")
+    path.write_text(text.replace("timeout_s: 120", "timeout_s: 120, fault: killed"))
+    (row,) = run_suite(path, tmp_path / "res", quiet=True).rows
+    assert row["status"] == "oom"  # torchrun exits 1; its summary names the rank and SIGKILL
+    assert re.fullmatch(r"throughput: rank [01] killed by SIGKILL", row["error"]), row["error"]
+
+
+def test_a_parallel_case_rejects_a_metric_that_does_not_run_distributed(tmp_path: Path) -> None:
+    from revbench.errors import SuiteError
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(RUNNER_SUITE.replace("[peak_memory, throughput]", "[reconstruction]"))
+    with pytest.raises(SuiteError, match="metric 'reconstruction' does not run with parallel"):
+        load_suite(path)
