@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from revbench.measure import batch, drift
+from revbench.measure import batch, drift, peak
+from revbench.measure.ranks import WORLD_SIZE, combine_ranks
 from revbench.registry import Registry
 from revbench.results import Column
 
@@ -50,218 +51,19 @@ class Metric:
     """Distributed metrics: the case's columns from every rank's (in rank order)."""
 
 
-def combine_ranks(
-    rows: list[dict[str, Any]], *, lowest: frozenset[str] = frozenset()
-) -> dict[str, Any]:
-    """Rank 0's columns, every number replaced by its maximum over the ranks (what must fit on
-    one device, the slowest rank's time), or its minimum for the names in ``lowest`` (rates each
-    rank computed from its own time); a flag holds when it holds on every rank."""
-    out = dict(rows[0])
-    for name, first in rows[0].items():
-        values = [r[name] for r in rows if r.get(name) is not None]
-        if isinstance(first, bool):
-            out[name] = all(values)
-        elif isinstance(first, int | float) and values:
-            out[name] = min(values) if name in lowest else max(values)
-    return out
-
-
-WORLD_SIZE = Column(
-    "world_size",
-    pa.int32(),
-    "processes",
-    "processes that trained the case together (train.nproc_per_node; 1 without parallel)",
-)
-
-
 METRICS: Registry[Metric] = Registry("metric")
 
 
 # --- peak_memory ---------------------------------------------------------------------------
 
-_MEM_COLUMNS = (
-    Column(
-        "peak_mem_bytes",
-        pa.int64(),
-        "bytes",
-        "CPU: process high-water mark (VmHWM) over the measured steps; "
-        "CUDA: torch.cuda.max_memory_allocated",
-    ),
-    Column(
-        "peak_mem_delta_bytes",
-        pa.int64(),
-        "bytes",
-        "peak minus runtime_mem_bytes: what training the model takes (parameters, gradients, "
-        "optimizer state, activations, transients); comparable across CPU and CUDA",
-    ),
-    Column(
-        "runtime_mem_bytes",
-        pa.int64(),
-        "bytes",
-        "memory in use before the model was built (CPU: the torch runtime's RSS; CUDA: 0 "
-        "allocated)",
-    ),
-    Column(
-        "peak_mem_reserved_bytes",
-        pa.int64(),
-        "bytes",
-        "CUDA only: torch.cuda.max_memory_reserved (allocator cache included)",
-    ),
-    Column(
-        "nvml_process_mem_bytes",
-        pa.int64(),
-        "bytes",
-        "CUDA only: device memory NVML attributes to the case process (context included)",
-    ),
-    Column("param_bytes", pa.int64(), "bytes", "model parameters"),
-    Column("grad_bytes", pa.int64(), "bytes", "gradients of the trainable parameters"),
-    Column("optimizer_state_bytes", pa.int64(), "bytes", "optimizer state after the steps"),
-    Column(
-        "activation_bytes",
-        pa.int64(),
-        "bytes",
-        "tensors saved for backward in one step (storages de-duplicated, parameters "
-        "excluded, custom autograd Functions included)",
-    ),
-    Column(
-        "backward_transient_bytes",
-        pa.int64(),
-        "bytes",
-        "peak during a backward minus the memory in use when it started (the recompute of a "
-        "reversible block, gradients, temporaries)",
-    ),
-    Column(
-        "reversible_stack_bytes",
-        pa.int64(),
-        "bytes",
-        "reversible models: what the stack keeps for backward (its final pair of states)",
-    ),
-    Column(
-        "recompute_step_bytes",
-        pa.int64(),
-        "bytes",
-        "reversible models: tensors saved by the largest one-step recompute in backward",
-    ),
-    Column(
-        "memory_method",
-        pa.string(),
-        "",
-        "vmhwm+mmap65536 | ru_maxrss+mmap65536 | cuda_max_allocated",
-    ),
-    WORLD_SIZE,
-    Column(
-        "peak_mem_rank_sum_bytes",
-        pa.int64(),
-        "bytes",
-        "parallel cases: peak_mem_bytes summed over the ranks (peak_mem_bytes and every other "
-        "byte column is the maximum over the ranks: what must fit on one device)",
-    ),
-    Column(
-        "peak_mem_per_rank_bytes",
-        pa.list_(pa.int64()),
-        "bytes",
-        "peak_mem_bytes of each rank, in rank order",
-    ),
-)
-
-
-def measure_peak_memory(case: Case) -> dict[str, Any]:
-    import torch
-
-    from revbench.measure import parallel
-    from revbench.measure.device import nvml_process_memory
-    from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
-    from revbench.measure.stack import reversible_memory
-    from revbench.measure.step import build_train_step, resolve_device, warm_runtime
-
-    cuda = resolve_device(case.train["device"]).type == "cuda"
-    if not cuda:
-        warm_runtime(case)
-    runtime = 0 if cuda else read_rss()  # the warmed torch runtime, before the model exists
-    step = build_train_step(case)
-
-    def reset() -> int:
-        """Restart the high-water mark; returns the memory in use now."""
-        if cuda:
-            step.synchronize()
-            torch.cuda.reset_peak_memory_stats(step.device)
-            return torch.cuda.memory_allocated(step.device)
-        reset_peak_rss()
-        return read_rss()
-
-    def peak() -> int:
-        step.synchronize()
-        return torch.cuda.max_memory_allocated(step.device) if cuda else read_peak_rss()
-
-    if cuda:
-        method = "cuda_max_allocated"
-    else:
-        method = ("vmhwm" if reset_peak_rss() else "ru_maxrss") + "+mmap65536"
-    reset()
-    with _activations(step.model) as saved:
-        step.forward_backward()
-    step.optimizer.step()
-    step.optimizer.zero_grad(set_to_none=True)
-    for _ in range(case.measure["warmup"] + case.measure["steps"] - 1):
-        step()
-    step_peak = peak()
-    reserved = torch.cuda.max_memory_reserved(step.device) if cuda else None
-    nvml = nvml_process_memory(step.device) if cuda else None
-
-    # One more step, with the high-water mark restarted between forward and backward: what the
-    # backward adds on top of the saved activations (reversible: the block being recomputed).
-    loss = step.loss()
-    before_backward = reset()
-    loss.backward()
-    backward_transient = peak() - before_backward if method != "ru_maxrss+mmap65536" else None
-    step.optimizer.zero_grad(set_to_none=True)
-    with parallel.whole_parameters(step.model):  # FSDP2: the recompute needs whole weights
-        stack, recompute = reversible_memory(step.model, step.input_ids, step.autocast())
-    return {
-        "world_size": step.world_size,
-        "reversible_stack_bytes": stack,
-        "recompute_step_bytes": recompute,
-        "peak_mem_bytes": step_peak,
-        "peak_mem_delta_bytes": step_peak - runtime,
-        "runtime_mem_bytes": runtime,
-        "peak_mem_reserved_bytes": reserved,
-        "nvml_process_mem_bytes": nvml,
-        "param_bytes": step.param_bytes(),
-        "grad_bytes": step.grad_bytes(),
-        "optimizer_state_bytes": step.optimizer_state_bytes(),
-        "activation_bytes": saved.bytes,
-        "backward_transient_bytes": backward_transient,
-        "memory_method": method,
-    }
-
-
-def _activations(model: Any) -> Any:
-    """``SavedTensors`` of one step, parameters excluded, including the whole (all-gathered)
-    parameters FSDP2 lends the blocks: they are allocated per forward, so their storages are
-    looked up when a tensor is saved rather than once."""
-    from revbench.measure.memory import SavedTensors
-
-    sharded = any(hasattr(p, "to_local") for p in model.parameters())  # DTensor: FSDP2
-    return SavedTensors(model.parameters(), exclude_now=model.parameters if sharded else None)
-
-
-def _combine_memory(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    peaks = [r["peak_mem_bytes"] for r in rows]
-    return {
-        **combine_ranks(rows),
-        "peak_mem_rank_sum_bytes": sum(peaks),
-        "peak_mem_per_rank_bytes": peaks,
-    }
-
-
 METRICS.add(
     "peak_memory",
     Metric(
-        _MEM_COLUMNS,
-        measure_peak_memory,
+        peak.COLUMNS,
+        peak.measure_peak_memory,
         env=MMAP_ENV,
         distributed=True,
-        combine=_combine_memory,
+        combine=peak.combine,
     ),
     "peak memory of full training steps, with parameter/gradient/optimizer/activation bytes",
 )

@@ -23,6 +23,9 @@ Semantics worth knowing:
 * A state is a tuple of slots; a step may change their number (``revffn.py`` splits the stream
   into halves and adds a slot accumulating the MoE auxiliary loss, whose gradient then flows
   through the same recompute). The Function's inputs are always the pair ``(x, x)``.
+* Under FSDP2 (``parallel: fsdp``) the Function gathers each block's whole parameters around
+  its steps and reduce-scatters the block's gradients itself (``sharding.py``), since the
+  schemes' branch calls bypass FSDP's forward hooks.
 * ``checkpointing: true`` is rejected for reversible architectures (ModelConfig raises): they
   already keep nothing per layer, so a checkpointed reversible model would be the same model.
 """
@@ -31,8 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ from revbench.models.blocks import Block
 from revbench.models.config import ARCHITECTURES, ModelConfig
 from revbench.models.output import LanguageModel
 from revbench.models.schemes import AdditiveCoupling, Leapfrog, Midpoint, Scheme, State
+from revbench.models.sharding import fsdp_sharded, gathered, weight_grads
 
 Step = tuple[Scheme, Block]
 
@@ -72,95 +75,8 @@ def _autocast_state(device_type: str) -> dict[str, Any]:
     }
 
 
-def _fsdp_sharded(block: object) -> bool:
-    """Whether ``fully_shard`` (FSDP2) was applied to ``block``. Looked up in ``sys.modules``:
-    nothing can be sharded before torch.distributed.fsdp is imported, and importing it here
-    would cost every process ~1 s."""
-    fsdp = sys.modules.get("torch.distributed.fsdp")
-    return fsdp is not None and isinstance(block, fsdp.FSDPModule)
-
-
 def _trainable(block: torch.nn.Module) -> list[Tensor]:
     return [p for p in block.parameters() if p.requires_grad]
-
-
-def _gathered(steps: Sequence[Step], order: Iterable[int]) -> Iterator[tuple[int, Scheme, Block]]:
-    """``(i, scheme, block)`` for the steps in ``order``, each block's parameters whole while
-    its run of consecutive steps lasts.
-
-    Under FSDP2 (``fully_shard`` on the block) that is ``unshard()`` (one all-gather) at the
-    start of the run and ``reshard()`` at its end. The schemes call the blocks' branch methods,
-    not ``forward``, so FSDP's own hooks never fire and the Function does what they would.
-    Without FSDP this only walks the steps. Close the generator (``contextlib.closing``) so an
-    exception mid-run still reshards.
-    """
-    held: Block | None = None
-    try:
-        for i in order:
-            scheme, block = steps[i]
-            if block is not held:
-                if _fsdp_sharded(held):
-                    held.reshard()
-                held = None
-                if _fsdp_sharded(block):
-                    block.unshard()
-                held = block
-            yield i, scheme, block
-    finally:
-        if _fsdp_sharded(held):
-            held.reshard()
-
-
-def _weight_grads(weights: list[Tensor], grads: list[Tensor | None]) -> list[Tensor | None]:
-    """The gradients of the Function's inputs ``weights`` (one block's) from the gradients of
-    their whole parameters: as they are, or for FSDP2-sharded weights (DTensors) averaged over
-    the ranks and scattered, each rank keeping its shard (``_reduce_scatter``)."""
-    dtensor = sys.modules.get("torch.distributed.tensor")  # imported by anything sharded
-    if dtensor is None or not any(isinstance(w, dtensor.DTensor) for w in weights):
-        return grads
-    # Every rank must join the collective, so a missing gradient counts as zeros.
-    whole = [
-        w.to_local().new_zeros(w.shape) if g is None else g
-        for w, g in zip(weights, grads, strict=True)
-    ]
-    return _reduce_scatter(weights, whole)
-
-
-def _reduce_scatter(weights: list[Any], grads: list[Tensor]) -> list[Tensor]:
-    """FSDP2's gradient reduction for one block: the whole gradients of every rank averaged
-    and scattered in ONE reduce-scatter, each rank receiving the rows of its shards
-    (``torch.chunk`` of dim 0, as FSDP2 shards), returned as DTensors placed like ``weights``;
-    autograd accumulates them into the sharded ``param.grad``, where FSDP2 keeps its own.
-    """
-    import torch.distributed as dist
-    from torch.distributed.tensor import DTensor, Shard
-
-    mesh = weights[0].device_mesh
-    if mesh.ndim != 1 or any(tuple(w.placements) != (Shard(0),) for w in weights):
-        raise NotImplementedError(
-            "reversible backprop under FSDP2 expects parameters sharded on dim 0 over a 1-D "
-            f"mesh (revbench's fully_shard), got {weights[0].placements} on {mesh}"
-        )
-    world = mesh.size()
-    rows = [-(-w.shape[0] // world) for w in weights]  # torch.chunk's chunk size
-    parts = []
-    for g, r in zip(grads, rows, strict=True):
-        padded = g.new_zeros((r * world, *g.shape[1:]))
-        padded[: g.shape[0]] = g
-        parts.append(padded.reshape(world, -1))  # row k: rank k's rows of this parameter
-    # Divide before summing, as FSDP2 does for float64 and on gloo (no AVG there).
-    send = torch.cat(parts, dim=1).div_(world)
-    mine = send.new_empty(send.shape[1])
-    # reduce_scatter_single is reduce_scatter_tensor's name from torch 2.13 on.
-    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-    reduce_scatter(mine, send.reshape(-1), group=mesh.get_group())
-    out, start = [], 0
-    for w, part in zip(weights, parts, strict=True):
-        local = w.to_local()  # this rank's shard: its shape, possibly fewer rows or none
-        shard = mine[start : start + local.numel()].view(local.shape)  # then its padding
-        start += part.shape[1]
-        out.append(DTensor.from_local(shard, mesh, w.placements, shape=w.shape, stride=w.stride()))
-    return out
 
 
 def _hand_over(
@@ -170,7 +86,7 @@ def _hand_over(
     if block is None:
         return
     slots = ctx.slots[id(block)]
-    for j, gw in zip(slots, _weight_grads([ctx.weights[j] for j in slots], pending), strict=True):
+    for j, gw in zip(slots, weight_grads([ctx.weights[j] for j in slots], pending), strict=True):
         if gw is not None:
             wgrads[j] = gw if wgrads[j] is None else wgrads[j] + gw
 
@@ -196,7 +112,7 @@ class ReversibleFunction(torch.autograd.Function):
         ctx.autocast = _autocast_state(x0.device.type)
         ctx.rng = []
         state: State = (x0, x1)
-        with torch.no_grad(), contextlib.closing(_gathered(steps, range(len(steps)))) as run:
+        with torch.no_grad(), contextlib.closing(gathered(steps, range(len(steps)))) as run:
             for _, scheme, block in run:
                 if preserve_rng:
                     ctx.rng.append(_RngState(x0))
@@ -222,7 +138,7 @@ class ReversibleFunction(torch.autograd.Function):
         # under FSDP2 that is one reduce-scatter per block.
         held: Block | None = None
         pending: list[Tensor | None] = []
-        with contextlib.closing(_gathered(ctx.steps, reversed(range(len(ctx.steps))))) as run:
+        with contextlib.closing(gathered(ctx.steps, reversed(range(len(ctx.steps))))) as run:
             for i, scheme, block in run:
                 if block is not held:
                     _hand_over(ctx, held, pending, wgrads)
@@ -292,12 +208,12 @@ class ReversibleLM(LanguageModel):
         autograd would need every block's whole parameters kept until backward, which FSDP's
         hooks arrange for ``forward`` calls and these branch calls bypass.
         """
-        if torch.is_grad_enabled() and any(_fsdp_sharded(b) for b in self.blocks):
+        if torch.is_grad_enabled() and any(fsdp_sharded(b) for b in self.blocks):
             raise RuntimeError(
                 "the plain path (reversible_backprop = False) does not train under FSDP2; "
                 "use the reversible backward, or parallel: ddp"
             )
-        with contextlib.closing(_gathered(self.steps, range(len(self.steps)))) as run:
+        with contextlib.closing(gathered(self.steps, range(len(self.steps)))) as run:
             for _, scheme, block in run:
                 state = scheme.forward_step(state, block)
         return state
