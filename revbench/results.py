@@ -99,6 +99,13 @@ PROVENANCE: tuple[Column, ...] = (
         "",
         "other compute processes on the GPU during the case (shared GPU when > 0)",
     ),
+    Column(
+        "torch_threads",
+        pa.int32(),
+        "",
+        "CPU threads torch used in the case process (train.threads, else OMP_NUM_THREADS, "
+        "which Ray sets to a task's CPUs and torchrun to 1, else all cores)",
+    ),
     Column("seed", pa.int64(), "", "train.seed, repeated for convenience"),
 )
 OUTCOME: tuple[Column, ...] = (

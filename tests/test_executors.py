@@ -87,6 +87,7 @@ def test_ray_and_submitit_rows_match_the_local_executor(tmp_path: Path) -> None:
             and (got["status"].eq("ok") <= got["device_type"].eq("cpu")).all()
         )
         assert got["peak_mem_bytes"].notna().sum() == 2
+        assert (got.loc[got["status"] == "ok", "torch_threads"] == 1).all()  # threads: 1
 
 
 def _kill_ray_worker_of_first_case_process(driver_pid: int, deadline_s: float = 90) -> None:

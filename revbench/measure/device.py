@@ -95,8 +95,10 @@ def device_info(device: Any) -> dict[str, Any]:
     """Columns describing the torch device a case ran on (GPU columns null on CPU)."""
     import torch
 
+    threads = {"torch_threads": torch.get_num_threads()}
     if device.type != "cuda":
         return {
+            **threads,
             "device_type": "cpu",
             "device_name": cpu_model(),
             "device_memory_bytes": psutil.virtual_memory().total,
@@ -106,6 +108,7 @@ def device_info(device: Any) -> dict[str, Any]:
         }
     props = torch.cuda.get_device_properties(device)
     info = {
+        **threads,
         "device_type": "cuda",
         "device_name": props.name,
         "device_memory_bytes": int(props.total_memory),
