@@ -3,6 +3,7 @@ killed mid-case is recorded failed and ``--resume`` finishes it; resources reach
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -203,6 +204,12 @@ def test_bad_resources_block_is_one_line(tmp_path: Path, block: str, message: st
         (
             ["--executor", "ray", "--resources", "gpu=1"],
             "--resources: unknown resource 'gpu'; write 'GPU'",
+        ),
+        pytest.param(
+            ["--executor", "slurm"],
+            "--executor slurm: no Slurm here (srun is not on PATH); run revbench on a Slurm "
+            "login node, or use --executor ray or local",
+            marks=pytest.mark.skipif(shutil.which("srun") is not None, reason="Slurm is here"),
         ),
     ],
 )

@@ -11,11 +11,13 @@ logs live under ``<out>/.submitit/``. ``cluster="local"`` runs the same jobs as 
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from revbench.errors import RevbenchError
 from revbench.executors import Job, Lost, Outcome, missing_extra, one_line
 from revbench.resources import Resources
 
@@ -36,6 +38,11 @@ class SlurmExecutor:
             import submitit
         except ImportError:
             raise missing_extra("submitit", "slurm") from None
+        if cluster == "slurm" and shutil.which("srun") is None:
+            raise RevbenchError(
+                "--executor slurm: no Slurm here (srun is not on PATH); run revbench on a Slurm "
+                "login node, or use --executor ray or local"
+            )
         self._submitit = submitit
         self.folder = Path(workdir) / ".submitit" / "%j"
         self.partition = partition
@@ -63,7 +70,14 @@ class SlurmExecutor:
     def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
         from revbench.runner import run_job
 
-        pending = [(self._executor(j, resources).submit(run_job, j.to_dict()), j) for j in jobs]
+        pending: list[tuple[Any, Job]] = []
+        try:
+            for job in jobs:
+                pending.append((self._executor(job, resources).submit(run_job, job.to_dict()), job))
+        except Exception as e:  # sbatch refused one (a bad partition, a limit): take all back
+            for sjob, _ in pending:
+                sjob.cancel(check=False)
+            raise RevbenchError(f"slurm: submitting failed: {one_line(e)}") from None
         try:
             while pending:
                 still = []
