@@ -157,6 +157,48 @@ def test_autograd_grad_matches_backward() -> None:
         assert rel(g, grads[n]) < 1e-12, n
 
 
+PER_BLOCK = [(arch, "embedding") for arch in REVERSIBLE] + [("midpoint", "euler")]
+
+
+@pytest.mark.parametrize(("arch", "init_state"), PER_BLOCK, ids=[f"{a}-{i}" for a, i in PER_BLOCK])
+def test_grads_per_block_land_block_by_block_with_the_same_values(
+    arch: str, init_state: str
+) -> None:
+    """``grads_per_block`` (what DDP uses): each block's gradients reach ``param.grad`` (and its
+    hooks) when the backward leaves the block, last block first, before the blocks below are
+    recomputed; the values are exactly those the Function returns otherwise."""
+    model = tiny_model(arch, n_layers=4, init_state=init_state)
+    ids = batch()
+    _, want = loss_and_grads(model, ids, reversible=True)
+    landed: list[tuple[int, bool]] = []  # (block, whether block 0 had its gradient yet)
+    first = next(model.blocks[0].parameters())
+    for name, p in model.blocks.named_parameters():
+        k = int(name.split(".")[0])
+        p.register_post_accumulate_grad_hook(
+            lambda _, k=k: landed.append((k, first.grad is not None))
+        )
+    model.grads_per_block = True
+    _, got = loss_and_grads(model, ids, reversible=True)
+    assert got.keys() == want.keys()
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=0, atol=0, msg=n)
+    blocks = [k for k, _ in landed]
+    assert blocks == sorted(blocks, reverse=True) and blocks[0] == 3 and blocks[-1] == 0
+    assert not any(zero_done for k, zero_done in landed if k > 0)
+
+
+def test_grads_per_block_with_a_frozen_embedding_still_trains_the_blocks() -> None:
+    model = tiny_model("midpoint", n_layers=2)
+    model.embed.tok.weight.requires_grad_(False)
+    ids = batch()
+    _, want = loss_and_grads(model, ids, reversible=False)
+    model.grads_per_block = True
+    _, got = loss_and_grads(model, ids, reversible=True)
+    assert got.keys() == want.keys() and any(n.startswith("blocks.") for n in got)
+    for n in want:
+        assert rel(got[n], want[n]) < 1e-12, n
+
+
 def test_double_backward_raises() -> None:
     model = tiny_model("midpoint", n_layers=2)
     loss = model(batch(), labels=batch()).loss

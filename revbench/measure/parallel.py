@@ -7,11 +7,14 @@ Rank ``r`` of ``n`` trains on rows ``r*B .. (r+1)*B`` of the batch one process w
 ``n*B`` would draw, so the ranks' data differ and together they are exactly that global batch
 (the parallel tests compare gradients against it).
 
-Reversible models under DDP need nothing special: the reversible Function returns the trunk's
-weight gradients from its backward and autograd accumulates them into ``param.grad``, where
-DDP's hooks fire. All trunk gradients arrive together at the end of the Function's backward,
-though, so DDP cannot overlap their all-reduce with the trunk's backward (only the head's and the
-embedding's gradients overlap with compute).
+Reversible models under DDP: by default the reversible Function returns the trunk's weight
+gradients when its whole backward ends, so DDP's hooks would fire for every block at once and no
+all-reduce could overlap the trunk's backward. ``wrap`` therefore sets ``model.grads_per_block``:
+the Function accumulates each block's gradients into ``param.grad`` as soon as the backward
+leaves the block (``models/reversible.py``), DDP's hooks fire there, and a bucket's all-reduce
+starts while the blocks below are recomputed, as for the baseline. Not for MoE models, which
+DDP runs with ``find_unused_parameters`` (its search of the forward graph must find the
+weights there); they keep the one hand-over at the end.
 
 FSDP2 does not work on a reversible model as is: its hooks fire around ``forward`` calls, and
 the schemes call the blocks' branch methods (``f``, ``attn_branch``, ...) inside one autograd
@@ -41,9 +44,12 @@ midpoint, leapfrog, revnet  2           1
 Baseline: forward and pre-backward. Checkpointing: the same two; the recompute runs inside the
 pre-backward's unshard. Reversible: forward and recompute (a RevNet layer's two half-steps, or
 midpoint's Euler start and layer 1, share one block and one all-gather). Under DDP every model
-all-reduces its gradients once, in buckets; with 0.5 MB buckets (8 layers, d_model 128) the
-baseline launches its 13 buckets from 9% to 99% of the backward's duration, midpoint launches
-all 12 at 82-85%, when the Function returns: no overlap with the trunk's backward.
+all-reduces its gradients once, in buckets. When the buckets' all-reduces start, as a share of
+the backward's duration (0.5 MB buckets, 8 layers, d_model 128, 2 gloo ranks): baseline 9-93%,
+midpoint 14-99% block by block, midpoint with the one hand-over at the end 81-83% (no overlap).
+On 2 CPU cores the step time is the same either way (d_model 256: 765 vs 764 ms), since gloo's
+all-reduce competes with compute for the cores; the overlap pays where communication runs beside
+compute (NCCL on GPUs).
 
 ``suites/parallel.yaml`` on 2 CPU processes (gloo, 1 thread each; GPT-2 blocks, 8 layers,
 d_model 128, batch 8 x 128 per rank, AdamW, float32). Per-rank training footprint
@@ -154,11 +160,17 @@ def wrap(model: torch.nn.Module, parallel: str, device: torch.device) -> torch.n
     if parallel == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
+        # Routed experts a batch leaves idle get no gradient in that step.
+        find_unused = bool(getattr(model.config, "n_experts", 0))
+        if hasattr(model, "grads_per_block") and not find_unused:
+            # Reversible trunk gradients reach DDP's buckets block by block (module doc). Not
+            # with find_unused_parameters: DDP's search of the forward graph would not find the
+            # blocks' weights there and would count them as unused.
+            model.grads_per_block = True
         return DistributedDataParallel(
             model,
             device_ids=[device] if device.type == "cuda" else None,
-            # Routed experts a batch leaves idle get no gradient in that step.
-            find_unused_parameters=bool(getattr(model.config, "n_experts", 0)),
+            find_unused_parameters=find_unused,
         )
     if parallel == "fsdp":
         fully_shard = _fully_shard()

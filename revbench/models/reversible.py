@@ -26,6 +26,13 @@ Semantics worth knowing:
 * Under FSDP2 (``parallel: fsdp``) the Function gathers each block's whole parameters around
   its steps and reduce-scatters the block's gradients itself (``sharding.py``), since the
   schemes' branch calls bypass FSDP's forward hooks.
+* ``model.grads_per_block = True`` (set for DDP, ``measure/parallel.py``): the blocks' weights
+  are not the Function's inputs; when the backward finishes a block's run of steps it
+  accumulates that block's gradients into ``param.grad`` with a backward rooted at the
+  parameters, so their hooks (DDP's all-reduce buckets, ``register_post_accumulate_grad_hook``)
+  fire block by block, last block first, while the blocks below are still being recomputed.
+  The gradients are the same; ``torch.autograd.grad(loss, block_params)`` no longer sees them
+  (the blocks' weights are not in the graph): use ``.backward()``.
 * ``checkpointing: true`` is rejected for reversible architectures (ModelConfig raises): they
   already keep nothing per layer, so a checkpointed reversible model would be the same model.
 """
@@ -82,8 +89,17 @@ def _trainable(block: torch.nn.Module) -> list[Tensor]:
 def _hand_over(
     ctx: Any, block: Block | None, pending: list[Tensor | None], wgrads: list[Tensor | None]
 ) -> None:
-    """Add the summed gradients of ``block``'s parameters to the Function's weight gradients."""
+    """Deliver the summed gradients of ``block``'s parameters: added to the Function's weight
+    gradients, or (``grads_per_block``) accumulated into the parameters' ``.grad`` now."""
     if block is None:
+        return
+    if ctx.per_block:
+        # A backward rooted at the leaves themselves runs their AccumulateGrad nodes, so every
+        # hook on them fires now, DDP's reducer included (it launches a bucket's all-reduce as
+        # soon as the bucket is full), while the blocks below are still being recomputed.
+        done = [(p, g) for p, g in zip(_trainable(block), pending, strict=True) if g is not None]
+        if done:
+            torch.autograd.backward([p for p, _ in done], [g for _, g in done])
         return
     slots = ctx.slots[id(block)]
     for j, gw in zip(slots, weight_grads([ctx.weights[j] for j in slots], pending), strict=True):
@@ -99,16 +115,22 @@ class ReversibleFunction(torch.autograd.Function):
         ctx: Any,
         steps: Sequence[Step],
         preserve_rng: bool,
+        per_block: bool,
         x0: Tensor,
         x1: Tensor,
         *weights: Tensor,
     ) -> State:
-        ctx.steps, ctx.weights = steps, weights
+        ctx.steps, ctx.weights, ctx.per_block = steps, weights, per_block
         # Each block's trainable parameters as positions in ``weights``, read now: under FSDP2
         # the module's parameters are the sharded ones (the Function's inputs) only while it is
-        # not unsharded.
+        # not unsharded. With ``per_block`` the weights are not inputs (``weights`` is empty).
         index = {id(w): i for i, w in enumerate(weights)}
-        ctx.slots = {id(b): [index[id(p)] for p in _trainable(b)] for _, b in steps}
+        ctx.slots = {
+            id(b): list(range(len(_trainable(b))))
+            if per_block
+            else [index[id(p)] for p in _trainable(b)]
+            for _, b in steps
+        }
         ctx.autocast = _autocast_state(x0.device.type)
         ctx.rng = []
         state: State = (x0, x1)
@@ -167,7 +189,7 @@ class ReversibleFunction(torch.autograd.Function):
                 del leaves, x, y_hat, out  # this step's graph goes before the next recompute
             _hand_over(ctx, held, pending, wgrads)
         need = ctx.needs_input_grad
-        return (None, None, g[0] if need[2] else None, g[1] if need[3] else None, *wgrads)
+        return (None, None, None, g[0] if need[3] else None, g[1] if need[4] else None, *wgrads)
 
 
 class ReversibleLM(LanguageModel):
@@ -193,6 +215,9 @@ class ReversibleLM(LanguageModel):
         importlib.import_module("torch.fx.experimental.symbolic_shapes")
         super().__init__(cfg, block)
         self.reversible_backprop = True
+        # Accumulate each block's gradients into its parameters' .grad as soon as its recompute
+        # ends, instead of returning them all from the Function at the end (see the module doc).
+        self.grads_per_block = False
         self.readout = readout
         pro = prologue(self.blocks[0]) if prologue else []
         layers = [layer(b) for b in self.blocks]
@@ -229,7 +254,14 @@ class ReversibleLM(LanguageModel):
         )
         if self.reversible_backprop and needs_grad:
             preserve_rng = self.training and self.config.dropout > 0
-            return ReversibleFunction.apply(self.steps, preserve_rng, x, x, *weights)
+            if not self.grads_per_block:
+                return ReversibleFunction.apply(self.steps, preserve_rng, False, x, x, *weights)
+            if any(fsdp_sharded(b) for b in self.blocks):
+                raise RuntimeError("grads_per_block does not apply under FSDP2; set it False")
+            # The weights are not the Function's inputs, so the Function's backward runs only
+            # if its input needs a gradient: a frozen embedding gets a stand-in leaf.
+            x = x if x.requires_grad else x.detach().requires_grad_()
+            return ReversibleFunction.apply(self.steps, preserve_rng, True, x, x)
         return self.run_steps((x, x))
 
 
