@@ -119,7 +119,12 @@ SECTIONS: dict[str, type] = {
 UNHASHED = {"timeout_s", "repeats"}
 # Settings added after results were first written: hashed only away from these defaults, so
 # rows written before they existed still match their cases on --resume.
-HASHED_IF_SET: dict[str, Any] = {"nproc_per_node": 1, "parallel": "none"}
+HASHED_IF_SET: dict[str, Any] = {
+    "nproc_per_node": 1,
+    "parallel": "none",
+    "norm_topk_prob": True,
+    "d_ff_shared": 0,
+}
 
 
 def _field_table() -> dict[str, tuple[str, TypeAdapter[Any]]]:

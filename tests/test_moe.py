@@ -13,14 +13,14 @@ TINY = {"vocab_size": 32, "d_model": 16, "n_heads": 2, "max_seq_len": 16, "n_exp
 
 
 def naive_moe(moe: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The MoE token by token: softmax, top-k, renormalise, sum of weighted experts."""
+    """The MoE token by token: softmax, top-k, renormalise (if on), sum of weighted experts."""
     B, T, C = x.size()
     h = x.reshape(B * T, C)
     probs = F.softmax(moe.router(h), dim=-1)
     rows, f = [], torch.zeros(moe.n_experts, dtype=h.dtype)
     for n in range(B * T):
         w, e = probs[n].topk(moe.top_k)
-        w = w / w.sum()
+        w = w / w.sum() if moe.norm_topk_prob else w
         y = sum(w[j] * moe.experts[int(e[j])](h[n : n + 1])[0] for j in range(moe.top_k))
         if moe.shared is not None:
             y = y + torch.sigmoid(moe.shared_gate(h[n])) * moe.shared(h[n : n + 1])[0]
@@ -29,10 +29,20 @@ def naive_moe(moe: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(rows).view(B, T, C), moe.n_experts * (f * probs.mean(0)).sum()
 
 
-@pytest.mark.parametrize(("top_k", "shared"), [(1, False), (2, False), (2, True), (3, True)])
-def test_dispatch_equals_per_token_reference(top_k: int, shared: bool) -> None:
+# (top_k, shared expert, renormalised top-k weights, shared expert's width: 0 = d_ff)
+DISPATCH = [(1, False, True, 0), (2, False, True, 0), (2, True, True, 0), (3, True, True, 0)]
+DISPATCH += [(2, False, False, 0), (2, True, False, 40)]  # Qwen1.5-MoE's routing and widths
+
+
+@pytest.mark.parametrize(("top_k", "shared", "norm", "d_ff_shared"), DISPATCH)
+def test_dispatch_equals_per_token_reference(
+    top_k: int, shared: bool, norm: bool, d_ff_shared: int
+) -> None:
     torch.manual_seed(0)
-    moe = MoE(ModelConfig(**{**TINY, "top_k": top_k, "shared_expert": shared})).double()
+    cfg = {"top_k": top_k, "shared_expert": shared, "norm_topk_prob": norm}
+    moe = MoE(ModelConfig(**TINY, **cfg, d_ff_shared=d_ff_shared)).double()
+    if d_ff_shared:
+        assert moe.shared is not None and moe.shared.up.out_features == d_ff_shared
     x = torch.randn(3, 7, 16, dtype=torch.float64, requires_grad=True)
     y, aux = moe(x)
     y_ref, aux_ref = naive_moe(moe, x)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from revbench.errors import SuiteError
+from revbench.models import ModelConfig
+from revbench.settings import HASHED_IF_SET, SECTIONS
 from revbench.suite import load_suite, select
 
 GOOD = """
@@ -62,6 +65,31 @@ def test_config_hash_ignores_timeout_and_repeats_only(tmp_path: Path) -> None:
     assert longer.config_hash == base
     more_steps = load_suite(write(tmp_path, GOOD.replace("steps: 1", "steps: 2"))).cases[0]
     assert more_steps.config_hash != base
+
+
+def test_settings_added_later_keep_old_hashes_at_their_defaults(tmp_path: Path) -> None:
+    """A case resolved before a setting of HASHED_IF_SET existed (the key absent) has the hash
+    it had then; the setting changes the hash only away from its default."""
+    case = load_suite(write(tmp_path, GOOD)).cases[0]
+    before = dataclasses.replace(
+        case,
+        **{
+            s: {k: v for k, v in getattr(case, s).items() if k not in HASHED_IF_SET}
+            for s in SECTIONS
+        },
+    )
+    assert set(HASHED_IF_SET) <= {k for s in SECTIONS for k in getattr(case, s)}
+    assert before.config_hash == case.config_hash
+    for key, default in HASHED_IF_SET.items():
+        section = next(s for s in SECTIONS if key in getattr(case, s))
+        other = {bool: not default, int: 2, str: "ddp"}[type(default)]
+        changed = dataclasses.replace(case, **{section: {**getattr(case, section), key: other}})
+        assert changed.config_hash != case.config_hash, key
+
+
+def test_shared_expert_width_needs_a_shared_expert() -> None:
+    with pytest.raises(ValueError, match="d_ff_shared sets the shared expert's width"):
+        ModelConfig(arch="moe", n_experts=4, d_ff_shared=64)
 
 
 def test_no_matrix_gives_one_default_case(tmp_path: Path) -> None:

@@ -106,8 +106,8 @@ def ffn_forward_flops(cfg: ModelConfig, tokens: int) -> int:
         return 2 * tokens * d * cfg.d_ff * (2 if cfg.block == "gpt2" else 3)
     swiglu = 2 * 3 * d * cfg.d_ff
     flops = tokens * (2 * d * cfg.n_experts + cfg.top_k * swiglu)  # router, routed experts
-    if cfg.shared_expert:
-        flops += tokens * (swiglu + 2 * d)  # shared expert and its sigmoid gate
+    if cfg.shared_expert:  # shared expert and its sigmoid gate
+        flops += tokens * (2 * 3 * d * (cfg.d_ff_shared or cfg.d_ff) + 2 * d)
     return flops
 
 

@@ -110,11 +110,12 @@ class MLP(nn.Module):
 class SwiGLU(nn.Module):
     """Llama MLP: W2 (SiLU(W1 x) * W3 x), no biases (Shazeer 2020)."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, d_ff: int | None = None) -> None:
         super().__init__()
-        self.gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
-        self.proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        d_ff = d_ff or cfg.d_ff
+        self.gate = nn.Linear(cfg.d_model, d_ff, bias=False)
+        self.up = nn.Linear(cfg.d_model, d_ff, bias=False)
+        self.proj = nn.Linear(d_ff, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(F.silu(self.gate(x)) * self.up(x))

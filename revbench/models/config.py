@@ -76,9 +76,14 @@ class ModelConfig:
     """Routed SwiGLU experts of the MoE FFN (Mixtral / Qwen-MoE style); each has width d_ff.
     0: dense FFN. ``moe`` needs >= top_k; ``revffn`` with 0 wraps the dense MLP."""
     top_k: PosInt = 2
-    """Experts per token; their softmax weights are renormalised to sum to 1 (Mixtral)."""
+    """Experts per token, weighted by their router softmax probabilities."""
+    norm_topk_prob: bool = True
+    """Renormalise the top_k probabilities to sum to 1 (Mixtral); false keeps the raw softmax
+    probabilities (Qwen1.5-MoE-A2.7B, Hugging Face's ``norm_topk_prob``)."""
     shared_expert: bool = False
-    """Add an always-on SwiGLU expert (width d_ff) with a sigmoid gate (Qwen-MoE)."""
+    """Add an always-on SwiGLU expert with a sigmoid gate (Qwen-MoE)."""
+    d_ff_shared: Annotated[int, Field(ge=0)] = 0
+    """Width of the shared expert; 0 means d_ff (Qwen1.5-MoE-A2.7B: 5632, experts 1408)."""
     aux_loss_weight: Annotated[float, Field(ge=0)] = 0.01
     """Weight of the load-balancing loss n_experts * sum_e f_e P_e (Switch Transformer;
     averaged over layers), returned as ``ModelOutput.aux_loss``."""
@@ -123,6 +128,8 @@ class ModelConfig:
         # mixture of experts and RevFFN
         if getattr(builder, "needs_experts", False) and not self.n_experts:
             raise ValueError(f"arch '{self.arch}' needs n_experts >= 1 (n_experts: 0 is dense)")
+        if self.d_ff_shared and not self.shared_expert:
+            raise ValueError("d_ff_shared sets the shared expert's width; set shared_expert: true")
         if self.n_experts and self.top_k > self.n_experts:
             raise ValueError(f"top_k ({self.top_k}) must not exceed n_experts ({self.n_experts})")
         if self.arch == "revffn" and self.d_model % 2:

@@ -62,7 +62,7 @@ def _gpt2_config(hf: Any) -> dict[str, Any]:
 def _llama_config(hf: Any) -> dict[str, Any]:
     family = hf.model_type
     _reject(hf, family, hidden_act={"silu"}, mlp_bias={False, None})
-    if family == "qwen2":
+    if family in ("qwen2", "qwen2_moe"):
         _reject(hf, family, use_sliding_window={False, None})
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
     if head_dim * hf.num_attention_heads != hf.hidden_size:
@@ -70,9 +70,10 @@ def _llama_config(hf: Any) -> dict[str, Any]:
             f"{family} checkpoint has head_dim {head_dim} != hidden_size / num_attention_heads; "
             "revbench needs d_model = n_heads * head_dim"
         )
-    bias = (
-        "qkv" if family == "qwen2" else ("all" if getattr(hf, "attention_bias", False) else "none")
-    )
+    if family in ("qwen2", "qwen2_moe"):  # Qwen2-MoE can turn its q, k, v biases off
+        bias = "qkv" if getattr(hf, "qkv_bias", True) else "none"
+    else:
+        bias = "all" if getattr(hf, "attention_bias", False) else "none"
     return {
         "block": "llama",
         "vocab_size": hf.vocab_size,
@@ -168,9 +169,10 @@ def _mixtral_config(hf: Any) -> dict[str, Any]:
     }
 
 
-def _mixtral_weights(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """transformers >= 5 fuses the experts: gate_up_proj (E, 2 d_ff, C) with the gate rows
-    first, down_proj (E, C, d_ff)."""
+def _moe_weights(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Mixtral and Qwen2-MoE. transformers >= 5 fuses the experts: gate_up_proj (E, 2 d_ff, C)
+    with the gate rows first, down_proj (E, C, d_ff); Qwen2-MoE adds shared_expert (an MLP)
+    and shared_expert_gate."""
     out = _llama_common(sd, cfg)
     for i in range(cfg.n_layers):
         hf, rb = f"model.layers.{i}.mlp.", f"blocks.{i}.moe."
@@ -181,7 +183,34 @@ def _mixtral_weights(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
             out[f"{rb}experts.{e}.gate.weight"] = gate
             out[f"{rb}experts.{e}.up.weight"] = up
             out[f"{rb}experts.{e}.proj.weight"] = down[e]
+        if cfg.shared_expert:
+            for a, b in (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "proj")):
+                out[f"{rb}shared.{b}.weight"] = sd[f"{hf}shared_expert.{a}.weight"]
+            out[rb + "shared_gate.weight"] = sd[hf + "shared_expert_gate.weight"]
     return out
+
+
+def _qwen2_moe_config(hf: Any) -> dict[str, Any]:
+    """Qwen2-MoE (Qwen1.5-MoE-A2.7B, the RevFFN paper's model): Qwen2 attention, top-k softmax
+    router (renormalised only with ``norm_topk_prob``), SwiGLU experts of width
+    ``moe_intermediate_size`` and a sigmoid-gated shared expert of its own width."""
+    _reject(hf, "qwen2_moe", decoder_sparse_step={1})
+    if getattr(hf, "mlp_only_layers", None):
+        raise CheckpointError(
+            f"qwen2_moe checkpoint has dense layers (mlp_only_layers={hf.mlp_only_layers}); "
+            "revbench supports checkpoints whose every layer is sparse"
+        )
+    shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0)
+    return {
+        **_llama_config(hf),
+        "d_ff": hf.moe_intermediate_size,
+        "n_experts": hf.num_experts,
+        "top_k": hf.num_experts_per_tok,
+        "norm_topk_prob": bool(hf.norm_topk_prob),
+        "shared_expert": shared > 0,
+        "d_ff_shared": shared,
+        "aux_loss_weight": float(getattr(hf, "router_aux_loss_coef", 0.001)),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +225,8 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family(_gpt2_config, _gpt2_weights),
     "llama": Family(_llama_config, _llama_weights),
     "qwen2": Family(_llama_config, _llama_weights),
-    "mixtral": Family(_mixtral_config, _mixtral_weights, arch="moe"),
+    "mixtral": Family(_mixtral_config, _moe_weights, arch="moe"),
+    "qwen2_moe": Family(_qwen2_moe_config, _moe_weights, arch="moe"),
 }
 
 

@@ -1,7 +1,7 @@
 """Routed mixture of experts (Mixtral / Qwen-MoE style) and the ``moe`` residual architecture.
 
     p      = router(x)  softmax over n_experts             (N, E)
-    w, e   = top_k(p), w / sum(w)                          renormalised (Mixtral)
+    w, e   = top_k(p), w / sum(w)                          renormalised (Mixtral; optional)
     y      = sum_j w_j Expert_{e_j}(x)  [+ sigmoid(g x) Shared(x)]   (Qwen-MoE shared expert)
     aux    = n_experts * sum_e f_e P_e                     load balancing (Switch Transformer)
 
@@ -33,18 +33,22 @@ class MoE(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.n_experts, self.top_k = cfg.n_experts, cfg.top_k
+        self.norm_topk_prob = cfg.norm_topk_prob
         self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False)
         self.experts = nn.ModuleList(SwiGLU(cfg) for _ in range(cfg.n_experts))
-        self.shared = SwiGLU(cfg) if cfg.shared_expert else None
+        self.shared = SwiGLU(cfg, cfg.d_ff_shared) if cfg.shared_expert else None
         self.shared_gate = nn.Linear(cfg.d_model, 1, bias=False) if cfg.shared_expert else None
 
     def route(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(probs (N, E), top-k weights (N, k) renormalised, top-k experts (N, k)) of ``h``."""
+        """(probs (N, E), top-k weights (N, k), top-k experts (N, k)) of ``h``; the weights
+        renormalised to sum to 1 unless ``norm_topk_prob`` is off."""
         logits = self.router(h)  # (N, E)
         # Routing in at least float32 (Mixtral does the softmax in float32 under bf16).
         probs = F.softmax(logits, dim=-1, dtype=torch.promote_types(logits.dtype, torch.float32))
         weights, experts = probs.topk(self.top_k, dim=-1)  # (N, k) each
-        return probs, weights / weights.sum(dim=-1, keepdim=True), experts
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return probs, weights, experts
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         B, T, C = x.size()
