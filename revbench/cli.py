@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--batch-size", type=int, help="sequences per step (default 8)")
     conv.add_argument("--seq-len", type=int, help="tokens per sequence (default 128)")
     conv.add_argument("--lm-weight", type=float, help="weight of the LM loss (default 0)")
-    conv.add_argument("--trainable", choices=["all", "blocks"], help="default: all")
+    conv.add_argument("--trainable", choices=["all", "blocks", "adapters"], help="default: all")
     conv.add_argument("--data", help="corpus: kjv (default), a local file or a hub data set")
     conv.add_argument("--tokenizer", help="auto (default: the checkpoint's own), byte, or a file")
     conv.add_argument("--seed", type=int, help="default 0")

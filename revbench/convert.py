@@ -4,7 +4,9 @@ Gal et al. turn pretrained LLMs (TinyLlama, SmolLM2) into reversible ones by fin
 about a point of accuracy. Here the reversible model (``midpoint``, ``leapfrog``,
 ``hamiltonian``, ...) starts from every pretrained block's weights (``hf.from_pretrained``: the
 same parameters, wired by the scheme), then trains to match the original's next-token
-distribution:
+distribution. A mixture-of-experts original (Mixtral, Qwen2-MoE) converts into ``revffn``
+(RevFFN, Liu et al.): its attention, norms and MoE inside RevFFN's blocks, the adapters new;
+``trainable: adapters`` trains only those, the paper's first stage.
 
     loss = kl_weight * T^2 * KL(p_original(./T) || p_reversible(./T)) + lm_weight * CE(next token)
 
@@ -30,7 +32,8 @@ from torch import nn
 
 from revbench.errors import ConfigError
 from revbench.models import build_model
-from revbench.models.hf import from_pretrained, save_checkpoint
+from revbench.models.hf import from_pretrained, load_weights, save_checkpoint
+from revbench.models.revffn import ADAPTERS
 from revbench.tasks.base import train
 from revbench.tasks.lm import corpus_tokens, random_windows, split_stream
 from revbench.tasks.text import ByteTokenizer, HFTokenizer, Tokenizer, get_tokenizer
@@ -48,7 +51,9 @@ class ConvertConfig(BaseModel):
     kl_weight: Annotated[float, Field(ge=0)] = 1.0
     lm_weight: Annotated[float, Field(ge=0)] = 0.0
     temperature: Annotated[float, Field(gt=0)] = 1.0
-    trainable: Literal["all", "blocks"] = "all"
+    trainable: Literal["all", "blocks", "adapters"] = "all"
+    """What trains: everything; the blocks (embedding and head frozen); or, for ``revffn``,
+    only its adapters (the RevFFN paper's first stage, the pretrained weights frozen)."""
     data: str = "kjv"
     text_column: str = "text"
     eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
@@ -130,6 +135,9 @@ def distill(
     if cfg.trainable == "blocks":
         student.embed.requires_grad_(False)
         student.head.requires_grad_(False)
+    elif cfg.trainable == "adapters":
+        for name, p in student.named_parameters():
+            p.requires_grad_(name.split(".")[2:3] in ([a] for a in ADAPTERS))
     gen = torch.Generator().manual_seed(cfg.seed)
     T = cfg.temperature
 
@@ -169,12 +177,18 @@ def convert(
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     teacher = teacher if teacher is not None else from_pretrained(source)
-    if teacher.config.arch != "baseline":
+    if teacher.config.arch not in ("baseline", "moe"):
         raise ConfigError(
-            f"{source}: the original must be a baseline model, not {teacher.config.arch}"
+            f"{source}: the original must be a baseline or moe model, not {teacher.config.arch}"
         )
+    if teacher.config.arch == "moe" and cfg.arch != "revffn":
+        raise ConfigError(
+            f"{source} is a mixture-of-experts model: it converts into arch revffn, not {cfg.arch}"
+        )
+    if cfg.trainable == "adapters" and cfg.arch != "revffn":
+        raise ConfigError("trainable: adapters needs arch revffn (the only one with adapters)")
     student = build_model(dataclasses.replace(teacher.config, arch=cfg.arch))
-    student.load_state_dict(teacher.state_dict())
+    load_weights(student, teacher.state_dict(), str(source))
     tok = tokenizer or get_tokenizer(cfg.tokenizer, str(source))
     if tok.vocab_size > teacher.config.vocab_size:
         raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ pytest.importorskip("safetensors")
 
 from revbench.cli import main  # noqa: E402
 from revbench.convert import ConvertConfig, convert  # noqa: E402
+from revbench.errors import ConfigError  # noqa: E402
 from revbench.models.hf import checkpoint_metadata, from_pretrained  # noqa: E402
 from revbench.suite import load_suite  # noqa: E402
 from revbench.tasks.metric import measure_accuracy  # noqa: E402
@@ -92,3 +94,57 @@ def test_suite_pretrained_case_converts_then_runs_the_task(
     row = measure_accuracy(case)
     assert row["conversion_steps"] == 5 and row["kl_after_nats"] < row["kl_before_nats"]
     assert row["perplexity"] > 1 and row["original_perplexity"] > 1
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Qwen1.5-MoE-A2.7B's architecture in miniature (the RevFFN paper's model), byte vocab."""
+    folder = tmp_path_factory.mktemp("tiny_qwen_moe")
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2MoeConfig(
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=32,
+        shared_expert_intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+    )
+    transformers.Qwen2MoeForCausalLM(cfg).save_pretrained(folder)
+    return folder
+
+
+def test_moe_original_into_revffn_training_only_the_adapters(
+    tiny_qwen_moe: Path, tmp_path: Path
+) -> None:
+    """RevFFN's first stage: the pretrained attention, norms and MoE stay as they were, the
+    adapters learn to match the original; the KL falls."""
+    cfg = ConvertConfig(arch="revffn", trainable="adapters", **FAST)
+    model, report = convert(tiny_qwen_moe, cfg, tokenizer=ByteTokenizer(), out=tmp_path)
+    assert report.kl_after_nats < 0.7 * report.kl_before_nats, report
+    original = {
+        re.sub(r"\.moe\.", ".ffn.", k): v
+        for k, v in from_pretrained(tiny_qwen_moe).state_dict().items()
+    }
+    trained = 0
+    for name, t in model.state_dict().items():
+        if name in original:
+            assert torch.equal(t, original[name]), name
+        else:
+            trained += 1
+    assert trained == 5 * model.config.n_layers  # the adapters, U1 U2 P1 U3 P2 per layer
+    assert from_pretrained(tmp_path).config.arch == "revffn"
+
+
+def test_conversion_pairs_that_do_not_exist_are_refused(
+    tiny_qwen_moe: Path, tiny_llama: Path
+) -> None:
+    tok = ByteTokenizer()
+    with pytest.raises(ConfigError, match="mixture-of-experts model: it converts into arch revffn"):
+        convert(tiny_qwen_moe, ConvertConfig(arch="midpoint", steps=0), tokenizer=tok)
+    with pytest.raises(ConfigError, match="trainable: adapters needs arch revffn"):
+        convert(tiny_llama, ConvertConfig(trainable="adapters", steps=0), tokenizer=tok)

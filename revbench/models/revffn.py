@@ -24,6 +24,7 @@ per layer, so their gradient reaches the router through the same recompute.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 
 import torch
@@ -207,3 +208,22 @@ class RevFFNLM(ReversibleLM):
 @_register("revffn", "Y1 = X1 + P1(Attn(U1 X1, U2 X2)); Y2 = X2 + P2(MoE(U3 Y1)) (Liu et al.)")
 def build_revffn(cfg: ModelConfig) -> RevFFNLM:
     return RevFFNLM(cfg)
+
+
+ADAPTERS = ("q_up", "kv_up", "attn_out_proj", "ffn_up", "ffn_out_proj")
+"""RevFFN's own parameters in each block (U1, U2, P1, U3, P2); the rest is the pretrained layer."""
+
+
+def from_residual(
+    state_dict: dict[str, Tensor], model: nn.Module
+) -> tuple[dict[str, Tensor], set[str]]:
+    """A residual model's state dict (``baseline`` or ``moe``, e.g. a Hugging Face checkpoint's)
+    in ``model``'s RevFFN names, and the names it lacks: each layer's dense MLP or MoE becomes
+    the block's ``ffn`` (attention and norms keep their names); the adapters are new and keep
+    the model's initialisation, to be trained (the paper trains them first, the pretrained
+    weights frozen, then everything)."""
+    renamed = {
+        re.sub(r"^(blocks\.\d+\.)(?:mlp|moe)\.", r"\1ffn.", k): v for k, v in state_dict.items()
+    }
+    new = {n for n, _ in model.named_parameters() if n.split(".")[2:3] in ([a] for a in ADAPTERS)}
+    return renamed, new
