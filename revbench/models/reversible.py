@@ -307,7 +307,10 @@ def build_leapfrog(cfg: ModelConfig) -> ReversibleLM:
     return ReversibleLM(cfg, lambda b: [(scheme, b)], _last, _euler_start(cfg))
 
 
-@_register("hamiltonian", "q += Attn(N1(p)); p += MLP(N2(q)) (Gal et al. Eqs. 2.8-2.9)")
+@_register(
+    "hamiltonian",
+    "q += Attn(N1(p)); p += MLP(N2(q)) (Gal et al. Eqs. 2.8-2.9; the same update as revnet)",
+)
 def build_hamiltonian(cfg: ModelConfig) -> ReversibleLM:
     return ReversibleLM(cfg, _coupling_layer, _mean)
 
