@@ -33,7 +33,7 @@ from torch import nn
 from revbench.errors import ConfigError
 from revbench.models import build_model
 from revbench.models.hf import from_pretrained, load_weights, save_checkpoint
-from revbench.models.revffn import ADAPTERS
+from revbench.models.revffn import is_adapter
 from revbench.tasks.base import train
 from revbench.tasks.lm import corpus_tokens, random_windows, split_stream
 from revbench.tasks.text import ByteTokenizer, HFTokenizer, Tokenizer, get_tokenizer
@@ -137,7 +137,7 @@ def distill(
         student.head.requires_grad_(False)
     elif cfg.trainable == "adapters":
         for name, p in student.named_parameters():
-            p.requires_grad_(name.split(".")[2:3] in ([a] for a in ADAPTERS))
+            p.requires_grad_(is_adapter(name))
     gen = torch.Generator().manual_seed(cfg.seed)
     T = cfg.temperature
 

@@ -214,6 +214,12 @@ ADAPTERS = ("q_up", "kv_up", "attn_out_proj", "ffn_up", "ffn_out_proj")
 """RevFFN's own parameters in each block (U1, U2, P1, U3, P2); the rest is the pretrained layer."""
 
 
+def is_adapter(name: str) -> bool:
+    """Whether the parameter ``name`` (``blocks.3.q_up.weight``) belongs to an adapter."""
+    parts = name.split(".")
+    return len(parts) > 2 and parts[0] == "blocks" and parts[2] in ADAPTERS
+
+
 def from_residual(
     state_dict: dict[str, Tensor], model: nn.Module
 ) -> tuple[dict[str, Tensor], set[str]]:
@@ -225,5 +231,5 @@ def from_residual(
     renamed = {
         re.sub(r"^(blocks\.\d+\.)(?:mlp|moe)\.", r"\1ffn.", k): v for k, v in state_dict.items()
     }
-    new = {n for n, _ in model.named_parameters() if n.split(".")[2:3] in ([a] for a in ADAPTERS)}
+    new = {n for n, _ in model.named_parameters() if is_adapter(n)}
     return renamed, new
