@@ -26,8 +26,14 @@ the block's whole-parameter gradients, summed over its steps, are reduce-scatter
 into DTensors placed like the sharded parameters and returned as the Function's weight
 gradients, which autograd accumulates into the sharded ``param.grad`` where FSDP2 keeps its
 own. FSDP2's end-of-backward callback then finds no unsharded gradient on the blocks and adds
-nothing. What FSDP2's hooks would add and this does not: prefetching the next block's all-gather
-and reduce-scatter overlapping compute, and a MixedPrecisionPolicy's reduce dtype.
+nothing. Like FSDP2's hooks, the Function issues the next block's all-gather while the current
+block computes (``unshard(async_op=True)``, one block ahead) and keeps one block's reduce-scatter
+in flight while the next block recomputes (``sharding.WeightGrads``): at most two blocks whole
+and one block's whole gradients in the reduce-scatter buffer. On the table's case that costs
+0.3 MiB (prefetch) and 1.3 MiB (reduce-scatter buffer) per rank over fully synchronous
+collectives; the time it saves cannot be resolved on 2 CPU cores (step times 0.34-0.45 s either
+way over 3 alternating runs) and needs a GPU measurement. Not done: a MixedPrecisionPolicy's
+reduce dtype.
 
 Collectives of one training step under FSDP2, per block (counted with a TorchDispatchMode on
 the c10d ops, 2 ranks, gloo, 2 and 4 layers; the root adds one all-gather and one
@@ -58,12 +64,12 @@ d_model 128, batch 8 x 128 per rank, AdamW, float32). Per-rank training footprin
 ==============  ========  ===========  ========  ====================
 case            MiB/rank  activations  step (s)  tokens/s (2 ranks)
 ==============  ========  ===========  ========  ====================
-ddp baseline    100.2     67.3 MiB     0.195     10,520
-ddp + ckpt      45.0      7.0 MiB      0.238     8,604
-ddp midpoint    49.2      3.5 MiB      0.241     8,481
-fsdp baseline   89.1      67.3 MiB     0.274     7,475
-fsdp + ckpt     31.7      7.0 MiB      0.341     6,003
-fsdp midpoint   36.0      3.5 MiB      0.376     5,450
+ddp baseline    100.2     67.3 MiB     0.228     8,976
+ddp + ckpt      45.0      7.0 MiB      0.236     8,664
+ddp midpoint    49.2      3.5 MiB      0.262     7,821
+fsdp baseline   89.2      67.3 MiB     0.324     6,315
+fsdp + ckpt     31.5      7.0 MiB      0.369     5,543
+fsdp midpoint   37.1      3.5 MiB      0.310     6,609
 ==============  ========  ===========  ========  ====================
 
 FSDP2 halves parameters, gradients and optimizer state per rank (6.4 + 6.4 + 12.7 MiB under DDP,

@@ -53,7 +53,7 @@ from revbench.models.blocks import Block
 from revbench.models.config import ARCHITECTURES, ModelConfig
 from revbench.models.output import LanguageModel
 from revbench.models.schemes import AdditiveCoupling, Leapfrog, Midpoint, Scheme, State
-from revbench.models.sharding import fsdp_sharded, gathered, weight_grads
+from revbench.models.sharding import WeightGrads, fsdp_sharded, gathered
 
 Step = tuple[Scheme, Block]
 
@@ -87,7 +87,11 @@ def _trainable(block: torch.nn.Module) -> list[Tensor]:
 
 
 def _hand_over(
-    ctx: Any, block: Block | None, pending: list[Tensor | None], wgrads: list[Tensor | None]
+    ctx: Any,
+    block: Block | None,
+    pending: list[Tensor | None],
+    wgrads: list[Tensor | None],
+    weight_grads: WeightGrads,
 ) -> None:
     """Deliver the summed gradients of ``block``'s parameters: added to the Function's weight
     gradients, or (``grads_per_block``) accumulated into the parameters' ``.grad`` now."""
@@ -102,7 +106,10 @@ def _hand_over(
             torch.autograd.backward([p for p, _ in done], [g for _, g in done])
         return
     slots = ctx.slots[id(block)]
-    for j, gw in zip(slots, weight_grads([ctx.weights[j] for j in slots], pending), strict=True):
+    grads = weight_grads([ctx.weights[j] for j in slots], pending)
+    if any(wgrads[j] is not None for j in slots):  # a block met again: add reduced values
+        weight_grads.wait()
+    for j, gw in zip(slots, grads, strict=True):
         if gw is not None:
             wgrads[j] = gw if wgrads[j] is None else wgrads[j] + gw
 
@@ -160,10 +167,11 @@ class ReversibleFunction(torch.autograd.Function):
         # under FSDP2 that is one reduce-scatter per block.
         held: Block | None = None
         pending: list[Tensor | None] = []
+        reduced = WeightGrads()  # under FSDP2 one block's reduce-scatter runs beside the next
         with contextlib.closing(gathered(ctx.steps, reversed(range(len(ctx.steps))))) as run:
             for i, scheme, block in run:
                 if block is not held:
-                    _hand_over(ctx, held, pending, wgrads)
+                    _hand_over(ctx, held, pending, wgrads, reduced)
                     held, pending = block, [None] * len(ctx.slots[id(block)])
                 params = _trainable(block)  # whole (all-gathered) under FSDP2
                 rng = ctx.rng[i].restored() if ctx.rng else contextlib.nullcontext()
@@ -187,7 +195,8 @@ class ReversibleFunction(torch.autograd.Function):
                 ]
                 y = tuple(t.detach() for t in x)
                 del leaves, x, y_hat, out  # this step's graph goes before the next recompute
-            _hand_over(ctx, held, pending, wgrads)
+            _hand_over(ctx, held, pending, wgrads, reduced)
+        reduced.wait()
         need = ctx.needs_input_grad
         return (None, None, None, g[0] if need[3] else None, g[1] if need[4] else None, *wgrads)
 
