@@ -19,6 +19,7 @@ from revbench.models.hf import (  # noqa: E402
     CheckpointError,
     checkpoint_metadata,
     from_pretrained,
+    hf_to_revbench_state_dict,
     load_checkpoint,
     model_config_from_hf,
     read_model_config,
@@ -260,3 +261,45 @@ def test_revffn_from_a_saved_revbench_checkpoint_and_not_back(tmp_path: Path) ->
     ) as e:
         load_checkpoint(tmp_path / "rev", arch="midpoint")
     assert "\n" not in str(e.value)
+
+
+def _as_transformers_4(sd: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+    """A transformers-5 MoE state dict rewritten into transformers 4's per-expert layout."""
+    out = {}
+    for k, v in sd.items():
+        m = re.fullmatch(
+            r"(model\.layers\.\d+\.)mlp\.(experts\.(gate_up_proj|down_proj)|gate\.weight)", k
+        )
+        moe = m and (m.group(1) + ("block_sparse_moe." if family == "mixtral" else "mlp."))
+        if not m:
+            out[k] = v
+        elif m.group(2) == "gate.weight":
+            out[moe + "gate.weight"] = v
+        else:
+            names = {
+                "mixtral": ("w1", "w3", "w2"),
+                "qwen2-moe": ("gate_proj", "up_proj", "down_proj"),
+            }
+            gate, up, down = names[family]
+            for e in range(v.shape[0]):
+                if m.group(3) == "gate_up_proj":
+                    out[f"{moe}experts.{e}.{gate}.weight"], out[f"{moe}experts.{e}.{up}.weight"] = (
+                        v[e].chunk(2)
+                    )
+                else:
+                    out[f"{moe}experts.{e}.{down}.weight"] = v[e]
+    return out
+
+
+@pytest.mark.parametrize("family", sorted(MOE))
+def test_moe_weights_map_from_either_transformers_layout(family: str) -> None:
+    torch.manual_seed(0)
+    hf = _tiny(family)
+    cfg = model_config_from_hf(hf.config)
+    fused = hf_to_revbench_state_dict(hf.state_dict(), hf.config, cfg)
+    old = _as_transformers_4(hf.state_dict(), family)
+    assert not any("gate_up_proj" in k for k in old)
+    per_expert = hf_to_revbench_state_dict(old, hf.config, cfg)
+    assert fused.keys() == per_expert.keys()
+    for k, v in fused.items():
+        assert torch.equal(v, per_expert[k]), k

@@ -169,20 +169,38 @@ def _mixtral_config(hf: Any) -> dict[str, Any]:
     }
 
 
+def _expert_weights(
+    sd: dict[str, torch.Tensor], hf: str, e: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gate, up, down) of expert ``e`` in the layer whose MoE keys start with ``hf``.
+
+    transformers >= 5 fuses the experts: gate_up_proj (E, 2 d_ff, C) with the gate rows first,
+    down_proj (E, C, d_ff). transformers 4 keeps one module per expert: Qwen2-MoE's
+    gate_proj/up_proj/down_proj, Mixtral's w1 (gate), w3 (up), w2 (down) under
+    ``block_sparse_moe``."""
+    if hf + "experts.gate_up_proj" in sd:
+        gate, up = sd[hf + "experts.gate_up_proj"][e].chunk(2, dim=0)
+        return gate, up, sd[hf + "experts.down_proj"][e]
+    x = f"{hf}experts.{e}."
+    if x + "w1.weight" in sd:
+        return sd[x + "w1.weight"], sd[x + "w3.weight"], sd[x + "w2.weight"]
+    return sd[x + "gate_proj.weight"], sd[x + "up_proj.weight"], sd[x + "down_proj.weight"]
+
+
 def _moe_weights(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Mixtral and Qwen2-MoE. transformers >= 5 fuses the experts: gate_up_proj (E, 2 d_ff, C)
-    with the gate rows first, down_proj (E, C, d_ff); Qwen2-MoE adds shared_expert (an MLP)
-    and shared_expert_gate."""
+    """Mixtral and Qwen2-MoE (either transformers layout, ``_expert_weights``); Qwen2-MoE adds
+    shared_expert (an MLP) and shared_expert_gate."""
     out = _llama_common(sd, cfg)
     for i in range(cfg.n_layers):
         hf, rb = f"model.layers.{i}.mlp.", f"blocks.{i}.moe."
+        if hf + "gate.weight" not in sd:  # Mixtral under transformers 4
+            hf = f"model.layers.{i}.block_sparse_moe."
         out[rb + "router.weight"] = sd[hf + "gate.weight"]
-        gate_up, down = sd[hf + "experts.gate_up_proj"], sd[hf + "experts.down_proj"]
         for e in range(cfg.n_experts):
-            gate, up = gate_up[e].chunk(2, dim=0)
+            gate, up, down = _expert_weights(sd, hf, e)
             out[f"{rb}experts.{e}.gate.weight"] = gate
             out[f"{rb}experts.{e}.up.weight"] = up
-            out[f"{rb}experts.{e}.proj.weight"] = down[e]
+            out[f"{rb}experts.{e}.proj.weight"] = down
         if cfg.shared_expert:
             for a, b in (("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "proj")):
                 out[f"{rb}shared.{b}.weight"] = sd[f"{hf}shared_expert.{a}.weight"]
