@@ -149,6 +149,58 @@ def test_two_processes_give_the_global_batch_gradients(
             assert err < TOL, f"{pname}: relative gradient error {err:.1e}"
 
 
+# --- DDP with a frozen embedding: the last gradient DDP waits for comes from block 0 ----------
+# With grads_per_block that gradient lands inside the reversible Function's backward, so DDP
+# finishes its reduction from there; two iterations show it is left in a clean state.
+
+FROZEN = {"arch": "midpoint", "vocab_size": 64, "d_model": 32, "n_heads": 2, "max_seq_len": 16}
+
+
+def _frozen_embedding_model() -> torch.nn.Module:
+    from revbench.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**FROZEN, n_layers=3)).double()
+    model.embed.requires_grad_(False)
+    return model
+
+
+def _frozen_ids() -> torch.Tensor:
+    return torch.randint(64, (2 * WORLD, 12), generator=torch.Generator().manual_seed(1))
+
+
+def _frozen_worker(rank: int, port: int, tmp: str) -> None:
+    os.environ.update(
+        RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        model = _frozen_embedding_model()
+        ddp = parallel.wrap(model, "ddp", torch.device("cpu"))
+        assert model.grads_per_block
+        ids = _frozen_ids()[2 * rank : 2 * rank + 2]
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            ddp(ids, labels=ids).loss.backward()
+        if rank == 0:
+            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            torch.save(grads, Path(tmp) / "frozen.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_ddp_with_a_frozen_embedding_gives_the_global_batch_gradients(tmp_path: Path) -> None:
+    mp.spawn(_frozen_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    got = torch.load(tmp_path / "frozen.pt")
+    ref = _frozen_embedding_model()
+    ids = _frozen_ids()
+    ref(ids, labels=ids).loss.backward()
+    want = {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
+    assert got.keys() == want.keys() and "embed.tok.weight" not in want
+    for name, g in want.items():
+        assert rel(got[name], g) < TOL, name
+
+
 # --- through the runner: torchrun, every rank measuring, rank 0 writing the row ---------------
 
 RUNNER_SUITE = """
