@@ -1,4 +1,4 @@
-"""The README's promises: .ci/run runs exactly the README's test command."""
+"""The README's promises: .ci/run runs exactly its test command; its suite example is real."""
 
 from __future__ import annotations
 
@@ -21,3 +21,14 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_results_folder_is_kept_empty_in_git() -> None:
     ignore = (ROOT / ".gitignore").read_text().splitlines()
     assert "/results/*" in ignore and "!/results/README.md" in ignore
+
+
+def test_readme_suite_example_is_the_shipped_quickstart() -> None:
+    import yaml
+
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```yaml\nname: quickstart") + len("```yaml\n")
+    example = yaml.safe_load(readme[start : readme.index("```", start)])
+    shipped = yaml.safe_load((ROOT / "suites" / "quickstart.yaml").read_text())
+    example.pop("description"), shipped.pop("description")
+    assert example == shipped, "README's suite example drifted from suites/quickstart.yaml"
