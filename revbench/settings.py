@@ -65,8 +65,12 @@ class TrainSettings(BaseModel):
     train_steps: Annotated[int, Field(ge=0)] = 200
     """accuracy: steps the task trains (fine-tunes every parameter of) the model."""
     distill_steps: Annotated[int, Field(ge=0)] = 0
-    """accuracy with pretrained and a non-baseline arch: distillation steps converting the
-    checkpoint first (revbench.convert; at train.lr, batch_size x seq_len)."""
+    """accuracy with pretrained and a reversible arch: distillation steps converting the
+    checkpoint first (revbench.convert; at train.lr, batch_size x seq_len). The checkpoint's own
+    arch (baseline, moe) is the unconverted reference and is never distilled."""
+    distill_trainable: Literal["all", "blocks", "adapters"] = "all"
+    """What the distillation trains: everything, the blocks, or RevFFN's adapters only (the
+    RevFFN paper's first stage; arch revffn)."""
     lm_weight: Annotated[float, Field(ge=0)] = 0.0
     """Weight of the language-modeling loss added to the distillation KL."""
     nproc_per_node: Annotated[int, Field(ge=1)] = 1
@@ -124,6 +128,7 @@ HASHED_IF_SET: dict[str, Any] = {
     "parallel": "none",
     "norm_topk_prob": True,
     "d_ff_shared": 0,
+    "distill_trainable": "all",
 }
 
 

@@ -312,6 +312,13 @@ def _resolve(
             f"({resolved['model']['max_seq_len']}); raise max_seq_len or shorten seq_len"
         )
     train = resolved["train"]
+    arch = resolved["model"]["arch"]
+    distils = getattr(ARCHITECTURES.get(arch), "reversible", False)
+    if train["distill_trainable"] == "adapters" and distils and arch != "revffn":
+        raise SuiteError(
+            f"{where}: distill_trainable is adapters but arch is {resolved['model']['arch']}; "
+            "only revffn has adapters (use all or blocks)"
+        )
     if train["nproc_per_node"] > 1 and train["parallel"] == "none":
         raise SuiteError(
             f"{where}: nproc_per_node is {train['nproc_per_node']} but parallel is none; "

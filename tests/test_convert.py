@@ -13,7 +13,7 @@ pytest.importorskip("safetensors")
 
 from revbench.cli import main  # noqa: E402
 from revbench.convert import ConvertConfig, convert  # noqa: E402
-from revbench.errors import ConfigError  # noqa: E402
+from revbench.errors import ConfigError, SuiteError  # noqa: E402
 from revbench.models.hf import checkpoint_metadata, from_pretrained  # noqa: E402
 from revbench.suite import load_suite  # noqa: E402
 from revbench.tasks.metric import measure_accuracy  # noqa: E402
@@ -148,3 +148,33 @@ def test_conversion_pairs_that_do_not_exist_are_refused(
         convert(tiny_qwen_moe, ConvertConfig(arch="midpoint", steps=0), tokenizer=tok)
     with pytest.raises(ConfigError, match="trainable: adapters needs arch revffn"):
         convert(tiny_llama, ConvertConfig(trainable="adapters", steps=0), tokenizer=tok)
+
+
+def test_suite_on_an_moe_checkpoint_keeps_the_reference_and_distils_revffn_adapters(
+    tiny_qwen_moe: Path, tmp_path: Path
+) -> None:
+    """RevFFN's recipe as a suite: the checkpoint's own ``moe`` is the unconverted reference
+    (never distilled, even with distill_steps in the defaults); ``revffn`` first trains its
+    adapters towards it (distill_trainable: adapters), then the task fine-tunes everything."""
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: revffn_recipe\n"
+        "defaults:\n"
+        "  data: {task: lm, batch_size: 4, seq_len: 32, eval_examples: 8, tokenizer: byte}\n"
+        f"  train: {{pretrained: {tiny_qwen_moe}, distill_steps: 4, distill_trainable: adapters,"
+        " train_steps: 2, lr: 1.0e-3}\n"
+        "cases:\n"
+        "  - {name: original, arch: moe}\n"
+        "  - {name: revffn, arch: revffn}\n"
+        "metrics: [accuracy]\n"
+    )
+    original, rev = load_suite(path).cases
+    assert original.model["norm_topk_prob"] is False and original.model["d_ff_shared"] == 64
+    ref = measure_accuracy(original)
+    assert ref["conversion_steps"] == 0 and ref["perplexity"] > 1
+    row = measure_accuracy(rev)
+    assert row["conversion_steps"] == 4 and row["kl_after_nats"] < row["kl_before_nats"]
+    bad = path.read_text().replace("arch: revffn}", "arch: midpoint}")
+    path.write_text(bad)
+    with pytest.raises(SuiteError, match="distill_trainable is adapters but arch is midpoint"):
+        load_suite(path)

@@ -29,11 +29,11 @@ own. FSDP2's end-of-backward callback then finds no unsharded gradient on the bl
 nothing. Like FSDP2's hooks, the Function issues the next block's all-gather while the current
 block computes (``unshard(async_op=True)``, one block ahead) and keeps one block's reduce-scatter
 in flight while the next block recomputes (``sharding.WeightGrads``): at most two blocks whole
-and one block's whole gradients in the reduce-scatter buffer. On the table's case that costs
-0.3 MiB (prefetch) and 1.3 MiB (reduce-scatter buffer) per rank over fully synchronous
-collectives; the time it saves cannot be resolved on 2 CPU cores (step times 0.34-0.45 s either
-way over 3 alternating runs) and needs a GPU measurement. Not done: a MixedPrecisionPolicy's
-reduce dtype.
+and one block's whole gradients in the reduce-scatter buffer. On the table's midpoint case, in
+back-to-back runs, that took the footprint from 35.8 MiB per rank (fully synchronous) to 36.1
+(prefetch) and 37.4 (both; the table's own run gives 37.1); the time it saves cannot be
+resolved on 2 CPU cores (step times 0.34-0.45 s either way over 3 alternating runs) and needs
+a GPU measurement. Not done: a MixedPrecisionPolicy's reduce dtype.
 
 Collectives of one training step under FSDP2, per block (counted with a TorchDispatchMode on
 the c10d ops, 2 ranks, gloo, 2 and 4 layers; the root adds one all-gather and one

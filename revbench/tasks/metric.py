@@ -60,7 +60,7 @@ def measure_accuracy(case: Case) -> dict[str, Any]:
     import torch
 
     from revbench.measure.step import resolve_device
-    from revbench.models import ModelConfig, build_model
+    from revbench.models import ARCHITECTURES, ModelConfig, build_model
     from revbench.tasks import TaskContext, build_task
     from revbench.tasks.text import get_tokenizer
 
@@ -76,7 +76,8 @@ def measure_accuracy(case: Case) -> dict[str, Any]:
     tokenizer = get_tokenizer(data["tokenizer"], pretrained) if task.needs_tokenizer else None
     row: dict[str, Any] = {}
     cfg = ModelConfig(**case.model)
-    if pretrained and tr["distill_steps"] and cfg.arch != "baseline":
+    reversible = getattr(ARCHITECTURES.get(cfg.arch), "reversible", False)
+    if pretrained and tr["distill_steps"] and reversible:
         from revbench.convert import ConvertConfig, convert
 
         conv = ConvertConfig(
@@ -86,6 +87,7 @@ def measure_accuracy(case: Case) -> dict[str, Any]:
             batch_size=data["batch_size"],
             seq_len=data["seq_len"],
             lm_weight=tr["lm_weight"],
+            trainable=tr["distill_trainable"],
             seed=tr["seed"],
         )
         model, report = convert(pretrained, conv, tokenizer=tokenizer)
