@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from revbench.errors import ConfigError, RevbenchError, SuiteError
 from revbench.measure.metrics import METRICS
 from revbench.models import ARCHITECTURES
+from revbench.models.config import is_reversible
 from revbench.registry import did_you_mean
 from revbench.resources import Resources
 from revbench.settings import FIELDS, HASHED_IF_SET, SECTIONS, UNHASHED
@@ -313,8 +314,7 @@ def _resolve(
         )
     train = resolved["train"]
     arch = resolved["model"]["arch"]
-    distils = getattr(ARCHITECTURES.get(arch), "reversible", False)
-    if train["distill_trainable"] == "adapters" and distils and arch != "revffn":
+    if train["distill_trainable"] == "adapters" and is_reversible(arch) and arch != "revffn":
         raise SuiteError(
             f"{where}: distill_trainable is adapters but arch is {resolved['model']['arch']}; "
             "only revffn has adapters (use all or blocks)"

@@ -18,6 +18,12 @@ from revbench.registry import Registry
 # name -> builder ``(ModelConfig) -> nn.Module``; filled by the architecture modules.
 ARCHITECTURES: Registry[Any] = Registry("architecture")
 
+
+def is_reversible(arch: str) -> bool:
+    """Whether ``arch`` is registered as reversible (its builder carries ``reversible``)."""
+    return arch in ARCHITECTURES and getattr(ARCHITECTURES.get(arch), "reversible", False)
+
+
 PosInt = Annotated[int, Field(ge=1)]
 
 
@@ -109,7 +115,7 @@ class ModelConfig:
                 f"d_model/n_heads = {self.d_model // self.n_heads}"
             )
         builder = ARCHITECTURES.get(self.arch) if self.arch in ARCHITECTURES else None
-        if self.checkpointing and getattr(builder, "reversible", False):
+        if self.checkpointing and is_reversible(self.arch):
             raise ValueError(
                 f"checkpointing applies to residual models; arch '{self.arch}' is reversible and "
                 "already keeps no per-layer activations (set checkpointing: false)"

@@ -217,9 +217,9 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], what: str) -> No
     """Load ``sd`` (all of the model's weights) into ``model``; into a ``revffn`` model, the
     weights of a residual one (``revffn.from_residual``: only the adapters may be missing)."""
     new: set[str] = set()
-    if model.config.arch == "revffn" and not any(".q_up." in k for k in sd):
-        from revbench.models.revffn import from_residual
+    from revbench.models.revffn import from_residual, is_adapter
 
+    if model.config.arch == "revffn" and not any(is_adapter(k) for k in sd):
         sd, new = from_residual(sd, model)
     own = model.state_dict()
     for name, t in sd.items():

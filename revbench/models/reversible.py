@@ -132,12 +132,9 @@ class ReversibleFunction(torch.autograd.Function):
         # the module's parameters are the sharded ones (the Function's inputs) only while it is
         # not unsharded. With ``per_block`` the weights are not inputs (``weights`` is empty).
         index = {id(w): i for i, w in enumerate(weights)}
-        ctx.slots = {
-            id(b): list(range(len(_trainable(b))))
-            if per_block
-            else [index[id(p)] for p in _trainable(b)]
-            for _, b in steps
-        }
+        ctx.slots = (
+            {} if per_block else {id(b): [index[id(p)] for p in _trainable(b)] for _, b in steps}
+        )
         ctx.autocast = _autocast_state(x0.device.type)
         ctx.rng = []
         state: State = (x0, x1)
@@ -170,10 +167,10 @@ class ReversibleFunction(torch.autograd.Function):
         reduced = WeightGrads()  # under FSDP2 one block's reduce-scatter runs beside the next
         with contextlib.closing(gathered(ctx.steps, reversed(range(len(ctx.steps))))) as run:
             for i, scheme, block in run:
+                params = _trainable(block)  # whole (all-gathered) under FSDP2
                 if block is not held:
                     _hand_over(ctx, held, pending, wgrads, reduced)
-                    held, pending = block, [None] * len(ctx.slots[id(block)])
-                params = _trainable(block)  # whole (all-gathered) under FSDP2
+                    held, pending = block, [None] * len(params)
                 rng = ctx.rng[i].restored() if ctx.rng else contextlib.nullcontext()
                 with torch.enable_grad(), torch.autocast(**ctx.autocast), rng:
                     # Views, not leaves: module backward hooks (FlopCounterMode's ModuleTracker)

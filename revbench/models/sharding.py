@@ -61,7 +61,7 @@ def gathered(
                 block.unshard()  # waits for the prefetch, or all-gathers now
             held, ahead = block, None
             following = runs[r + 1][0] if r + 1 < len(runs) else None
-            if fsdp_sharded(following) and following is not block:
+            if fsdp_sharded(following):
                 following.unshard(async_op=True)
                 ahead = following
             for i in indices:

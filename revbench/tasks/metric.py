@@ -60,7 +60,8 @@ def measure_accuracy(case: Case) -> dict[str, Any]:
     import torch
 
     from revbench.measure.step import resolve_device
-    from revbench.models import ARCHITECTURES, ModelConfig, build_model
+    from revbench.models import ModelConfig, build_model
+    from revbench.models.config import is_reversible
     from revbench.tasks import TaskContext, build_task
     from revbench.tasks.text import get_tokenizer
 
@@ -76,8 +77,7 @@ def measure_accuracy(case: Case) -> dict[str, Any]:
     tokenizer = get_tokenizer(data["tokenizer"], pretrained) if task.needs_tokenizer else None
     row: dict[str, Any] = {}
     cfg = ModelConfig(**case.model)
-    reversible = getattr(ARCHITECTURES.get(cfg.arch), "reversible", False)
-    if pretrained and tr["distill_steps"] and reversible:
+    if pretrained and tr["distill_steps"] and is_reversible(cfg.arch):
         from revbench.convert import ConvertConfig, convert
 
         conv = ConvertConfig(
