@@ -9,8 +9,6 @@ slows the step by ~50% and would spoil a timing.
 from __future__ import annotations
 
 import dataclasses
-import statistics
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -119,31 +117,17 @@ _TIME_COLUMNS = (
 )
 
 
-def _percentile(sorted_xs: list[float], q: float) -> float:
-    """Linear-interpolated percentile of an already sorted list (numpy's default method)."""
-    pos = (len(sorted_xs) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_xs) - 1)
-    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
-
-
 def measure_throughput(case: Case) -> dict[str, Any]:
     from revbench.measure.device import device_info
     from revbench.measure.flops import training_step_flops, utilisation
     from revbench.measure.step import build_train_step
+    from revbench.measure.timer import time_calls
 
     step = build_train_step(case)
-    for _ in range(case.measure["warmup"]):
-        step()
-    times = []
-    for _ in range(case.measure["steps"]):
-        step.synchronize()
-        t0 = time.perf_counter()
-        step()
-        step.synchronize()
-        times.append(time.perf_counter() - t0)
-    times.sort()
-    median = statistics.median(times)
+    timings = time_calls(
+        step, case.measure["steps"], warmup=case.measure["warmup"], device=step.device
+    )
+    median = timings.median
     cfg = step.model.config
     seq = step.input_ids.shape[1]
     dev = device_info(step.device)
@@ -160,11 +144,11 @@ def measure_throughput(case: Case) -> dict[str, Any]:
     return {
         **util,
         "step_time_s_median": median,
-        "step_time_s_p10": _percentile(times, 0.10),
-        "step_time_s_p90": _percentile(times, 0.90),
+        "step_time_s_p10": timings.p10,
+        "step_time_s_p90": timings.p90,
         "tokens_per_s": step.tokens / median,
         "samples_per_s": step.samples / median,
-        "timed_steps": len(times),
+        "timed_steps": len(timings.times),
         "world_size": step.world_size,
     }
 
