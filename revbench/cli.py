@@ -169,6 +169,22 @@ def _cmd_convert(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_doctor(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.doctor import checks_table, parse_only, run_doctor
+
+    only = parse_only(args.only)
+    signal.signal(signal.SIGTERM, _interrupt)  # a time limit (timeout, the GPU kit) unwinds
+    if not err.is_terminal:  # logs: one line per check
+        err = Console(stderr=True, width=200)
+    report = run_doctor(args.device, args.out, quick=args.quick, only=only, console=err)
+    out.print(checks_table(report))
+    if report.failed:
+        ran = sum(c.status != "skip" for c in report.checks)
+        err.print(f"{len(report.failed)} of {ran} checks failed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="revbench", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"revbench {__version__}")
@@ -309,6 +325,34 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--tokenizer", help="auto (default: the checkpoint's own), byte, or a file")
     conv.add_argument("--seed", type=int, help="default 0")
     conv.set_defaults(func=_cmd_convert)
+
+    doc = sub.add_parser(
+        "doctor",
+        help="self-check: memory, budget, timing, exactness and a mini suite on this device",
+        description="Check that revbench measures what it says on this machine: versions and "
+        "NVML, known allocations against the measured peak, the max-batch budget, a matmul "
+        "timed against the GPU's peak and a host clock, float64 reversible gradients against "
+        "autograd, and a mini suite through the runner. Prints a pass/fail table, writes one "
+        "row per check under OUT/doctor/; exit 1 when a check fails.",
+    )
+    doc.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda"),
+        help="device to check (default: auto, cuda when available)",
+    )
+    doc.add_argument(
+        "--out", default="results", metavar="DIR", help="results folder (default: results)"
+    )
+    doc.add_argument(
+        "--quick", action="store_true", help="smaller checks and a one-depth mini suite (CI)"
+    )
+    doc.add_argument(
+        "--only",
+        metavar="GROUP[,GROUP]",
+        help="run only these check groups: env, memory, timing, exactness, suite",
+    )
+    doc.set_defaults(func=_cmd_doctor)
     return p
 
 
