@@ -20,6 +20,7 @@ import streamlit as st
 
 from revbench import compare, figures, results, views
 from revbench.data import REPORTED_LABEL, paper_depth, paper_figures, paper_max_batch
+from revbench.report import REFERENCE, default_results, reference_note
 
 RUN_HINT = "Run a suite first, e.g. `revbench run suites/quickstart.yaml`."
 
@@ -27,7 +28,7 @@ RUN_HINT = "Run a suite first, e.g. `revbench run suites/quickstart.yaml`."
 def results_dir() -> Path:
     if os.environ.get("REVBENCH_RESULTS"):
         return Path(os.environ["REVBENCH_RESULTS"])
-    return Path(sys.argv[1]) if len(sys.argv) > 1 else Path("results")
+    return Path(sys.argv[1]) if len(sys.argv) > 1 else default_results()
 
 
 @st.cache_data(show_spinner="Loading results…")
@@ -255,6 +256,8 @@ def main() -> None:
     if df.empty:
         st.info(f"No results in `{path}` yet. {RUN_HINT}")
         return
+    if path.resolve() == REFERENCE:
+        st.info(reference_note(df))
     df = views.prepare(df)
     filters = sidebar(df)
     sel = views.apply_filters(df, filters)

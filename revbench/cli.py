@@ -273,7 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="tables and figures of the results for papers",
         description="Write markdown/LaTeX/HTML tables and PNG/SVG figures of the main views.",
     )
-    rep.add_argument("results", metavar="RESULTS")
+    rep.add_argument(
+        "results",
+        metavar="RESULTS",
+        nargs="?",
+        help="results folder or file (default: results, or the shipped reference rows in "
+        "results/reference when results has none)",
+    )
     rep.add_argument("--out", required=True, metavar="DIR", help="output folder")
     rep.add_argument(
         "--format",

@@ -59,7 +59,9 @@ def check(results: str | Path) -> Path:
         raise RevbenchError(
             f"the dashboard needs {e.name}: pip install 'revbench[dashboard]'"
         ) from None
-    path = Path(results)
+    from revbench.report import default_results
+
+    path = default_results(results)  # nothing of one's own: the shipped reference rows
     if not path.exists():
         raise RevbenchError(f"{path}: no such results folder")
     return path.resolve()

@@ -24,6 +24,10 @@ from revbench.data import REPORTED_LABEL, paper_depth, paper_max_batch
 from revbench.errors import RevbenchError
 
 FORMATS = ("md", "latex", "html")
+DEFAULT_RESULTS = Path("results")
+REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+"""Measured rows shipped with the checkout, one folder per GPU (the GPU validation kit's,
+benchmarks/gpu/); shown when no results are named and ``results`` holds none of its own."""
 
 
 @dataclasses.dataclass
@@ -243,8 +247,8 @@ def sections(df: pd.DataFrame) -> list[Section]:
 # --- writers -------------------------------------------------------------------------------
 
 
-def _markdown(secs: Sequence[Section], figs: bool) -> str:
-    parts = ["# revbench report", ""]
+def _markdown(secs: Sequence[Section], figs: bool, note: str | None = None) -> str:
+    parts = ["# revbench report", ""] + ([f"*{note}*", ""] if note else [])
     for s in secs:
         parts += [f"## {s.title}", ""]
         if len(s.table.columns):
@@ -263,7 +267,7 @@ def _latex(secs: Sequence[Section]) -> str:
     return "\n".join(parts)
 
 
-def _html(secs: Sequence[Section], figs: bool) -> str:
+def _html(secs: Sequence[Section], figs: bool, note: str | None = None) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html><head><meta charset="utf-8"><title>revbench report</title>',
@@ -272,6 +276,8 @@ def _html(secs: Sequence[Section], figs: bool) -> str:
         ".caption{font-style:italic;color:#555}</style></head><body>",
         "<h1>revbench report</h1>",
     ]
+    if note:
+        parts.append(f'<p class="caption">{html.escape(note)}</p>')
     for s in secs:
         parts.append(f"<h2>{html.escape(s.title)}</h2>")
         if len(s.table.columns):
@@ -323,8 +329,10 @@ def build_report(
     formats: Sequence[str] = FORMATS,
     *,
     with_figures: bool = True,
+    note: str | None = None,
 ) -> list[Path]:
-    """Write the report of ``df`` (rows from ``results.load``) into ``out``; returns the files."""
+    """Write the report of ``df`` (rows from ``results.load``) into ``out``; returns the files.
+    ``note``: a line under the title (which rows these are, e.g. ``reference_note``)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise RevbenchError(f"--format: unknown {unknown}; choose from {', '.join(FORMATS)}")
@@ -335,9 +343,9 @@ def build_report(
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     writers = {
-        "md": ("report.md", lambda: _markdown(secs, with_figures)),
+        "md": ("report.md", lambda: _markdown(secs, with_figures, note)),
         "latex": ("tables.tex", lambda: _latex(secs)),
-        "html": ("report.html", lambda: _html(secs, with_figures)),
+        "html": ("report.html", lambda: _html(secs, with_figures, note)),
     }
     for fmt in formats:
         name, render = writers[fmt]
@@ -350,8 +358,53 @@ def build_report(
 
 
 def report(
-    path: str | Path, out: str | Path, formats: str = "md,latex,html", *, with_figures: bool = True
+    path: str | Path | None,
+    out: str | Path,
+    formats: str = "md,latex,html",
+    *,
+    with_figures: bool = True,
 ) -> list[Path]:
-    """``revbench report``: load the results under ``path`` and write the report into ``out``."""
+    """``revbench report``: load the results under ``path`` (None: ``default_results``) and
+    write the report into ``out``."""
     fmts = [f.strip() for f in formats.split(",") if f.strip()]
-    return build_report(results.load(path), out, fmts, with_figures=with_figures)
+    folder = default_results(path)
+    df = results.load(folder)
+    note = reference_note(df) if folder == REFERENCE and not df.empty else None
+    return build_report(df, out, fmts, with_figures=with_figures, note=note)
+
+
+def _has_rows(folder: Path, outside: Path | None = None) -> bool:
+    """Whether ``folder`` holds a parquet file (not under ``outside``)."""
+    if not folder.is_dir():
+        return False
+    for p in folder.rglob("*.parquet"):
+        if not p.name.startswith(".") and (outside is None or outside not in p.resolve().parents):
+            return True
+    return False
+
+
+def default_results(path: str | Path | None = None) -> Path:
+    """The rows to show: ``path`` when one is named; when none is (None, or the default
+    ``results``), ``results`` if it holds rows of its own, else the reference rows shipped with
+    the checkout (``REFERENCE``) if there are any, else ``results`` (which may not exist)."""
+    if path is not None and Path(path) != DEFAULT_RESULTS:
+        return Path(path)
+    if _has_rows(DEFAULT_RESULTS, outside=REFERENCE.resolve()) or not _has_rows(REFERENCE):
+        return DEFAULT_RESULTS
+    return REFERENCE
+
+
+def reference_note(df: pd.DataFrame) -> str:
+    """One line saying that these are the shipped reference rows, and for each GPU when and at
+    which commit they were measured (the provenance columns ``device_name``,
+    ``timestamp_utc``, ``git_commit``)."""
+    parts = []
+    for name, g in df.groupby(df["device_name"].fillna("unknown device"), sort=True):
+        days = sorted({str(d) for d in pd.to_datetime(g["timestamp_utc"], utc=True).dt.date})
+        when = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+        commits = sorted({str(c)[:12] for c in g["git_commit"].dropna()})
+        parts.append(f"{name}, {when}, commit {', '.join(commits) or 'unknown'}")
+    return (
+        "Reference rows shipped with revbench (results/reference, measured with the GPU "
+        f"validation kit): {'; '.join(parts)}."
+    )
