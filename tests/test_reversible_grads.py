@@ -132,11 +132,8 @@ def test_no_grad_and_eval_use_the_plain_path() -> None:
     torch.testing.assert_close(logits, out.logits, rtol=0, atol=0)
 
 
-def test_function_keeps_only_the_final_states() -> None:
-    model = tiny_model("midpoint", n_layers=3)
-    out = model(batch())
-    node = out.logits.grad_fn
-    seen, stack = set(), [node]
+def _function_node(t: torch.Tensor) -> object:
+    seen, stack = set(), [t.grad_fn]
     while stack:  # find the reversible Function in the graph
         n = stack.pop()
         if n is None or n in seen:
@@ -144,7 +141,29 @@ def test_function_keeps_only_the_final_states() -> None:
         seen.add(n)
         stack.extend(f for f, _ in n.next_functions)
     (rev,) = [n for n in seen if type(n).__name__ == "ReversibleFunctionBackward"]
-    assert len(rev.saved_tensors) == 2
+    return rev
+
+
+def test_function_keeps_only_the_final_states_and_gives_them_up() -> None:
+    model = tiny_model("midpoint", n_layers=3)
+    ids = batch()
+    out = model(ids, labels=ids)
+    rev = _function_node(out.loss)
+    # Nothing through save_for_backward (it would pin the states for the whole backward); the
+    # final pair on ctx, which the backward takes and rebuilds in place.
+    assert rev.saved_tensors == ()
+    assert [tuple(t.shape) for t in rev.final] == [(2, 12, 16), (2, 12, 16)]
+    out.loss.backward()
+    assert rev.final is None
+
+
+def test_retain_graph_second_backward_is_a_clear_error() -> None:
+    model = tiny_model("midpoint", n_layers=2)
+    ids = batch()
+    loss = model(ids, labels=ids).loss
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
 
 
 def test_autograd_grad_matches_backward() -> None:

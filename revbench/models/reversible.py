@@ -52,7 +52,16 @@ from revbench.errors import ConfigError
 from revbench.models.blocks import Block
 from revbench.models.config import ARCHITECTURES, ModelConfig
 from revbench.models.output import LanguageModel
-from revbench.models.schemes import AdditiveCoupling, Leapfrog, Midpoint, Scheme, State
+from revbench.models.schemes import (
+    AdditiveCoupling,
+    Grads,
+    Leapfrog,
+    Midpoint,
+    Scheme,
+    State,
+    axpy,
+    owned,
+)
 from revbench.models.sharding import WeightGrads, fsdp_sharded, gathered
 
 Step = tuple[Scheme, Block]
@@ -114,8 +123,51 @@ def _hand_over(
             wgrads[j] = gw if wgrads[j] is None else wgrads[j] + gw
 
 
+class _Inbox:
+    """Where the gradients of the Function's outputs wait for its backward.
+
+    The autograd engine holds the gradients it passes to a Function for the whole of its
+    backward call, so a gradient the backward is done with after its first step would stay
+    alive to the end. A hook on each output takes the real gradient here and hands the engine
+    a stand-in of no memory (a zero broadcast to the shape); the backward then holds the only
+    reference and drops it when the maths does.
+    """
+
+    def __init__(self) -> None:
+        self.grads: dict[int, Tensor] = {}
+
+    def hook(self, slot: int) -> Callable[[Tensor], Tensor]:
+        def take(grad: Tensor | None) -> Tensor | None:
+            if grad is None:  # no gradient reaches this output (the Function gets None)
+                return None
+            self.grads[slot] = grad
+            return grad.new_zeros(()).expand(grad.shape)
+
+        return take
+
+
+def _own(t: Tensor | None, seen: set[int]) -> Tensor | None:
+    """``t``, or a copy of it when someone else shares its memory (or an earlier slot does):
+    the backward step writes its states and gradients in place."""
+    if t is None:
+        return None
+    key = t.untyped_storage().data_ptr()
+    mine = owned(t) and key not in seen and t.is_contiguous()
+    if not mine:
+        t = t.clone(memory_format=torch.contiguous_format)
+        key = t.untyped_storage().data_ptr()
+    seen.add(key)
+    return t
+
+
 class ReversibleFunction(torch.autograd.Function):
-    """Runs ``steps`` on the state (x0, x1) keeping nothing per step; rebuilds in backward."""
+    """Runs ``steps`` on the state (x0, x1) keeping nothing per step; rebuilds in backward.
+
+    What it holds between forward and backward is the final state, on ``ctx`` (not
+    ``save_for_backward``, which would keep it to the end of the backward call): the backward
+    takes it and overwrites it step by step with the rebuilt states. The backward raises if it
+    runs a second time (``retain_graph=True``): the final state is gone by then.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -123,11 +175,13 @@ class ReversibleFunction(torch.autograd.Function):
         steps: Sequence[Step],
         preserve_rng: bool,
         per_block: bool,
+        inbox: _Inbox,
         x0: Tensor,
         x1: Tensor,
         *weights: Tensor,
     ) -> State:
-        ctx.steps, ctx.weights, ctx.per_block = steps, weights, per_block
+        ctx.set_materialize_grads(False)  # a missing gradient stays None, not a zeros tensor
+        ctx.steps, ctx.weights, ctx.per_block, ctx.inbox = steps, weights, per_block, inbox
         # Each block's trainable parameters as positions in ``weights``, read now: under FSDP2
         # the module's parameters are the sharded ones (the Function's inputs) only while it is
         # not unsharded. With ``per_block`` the weights are not inputs (``weights`` is empty).
@@ -145,8 +199,8 @@ class ReversibleFunction(torch.autograd.Function):
                 state = scheme.forward_step(state, block)
         # A slot carried through unchanged (one-layer midpoint) is still an input; autograd wants
         # outputs of its own.
-        state = tuple(s.clone() if s is x0 or s is x1 else s for s in state)  # type: ignore[assignment]
-        ctx.save_for_backward(*state)
+        state = tuple(s.clone() if s is x0 or s is x1 else s for s in state)
+        ctx.final = tuple(s.detach() for s in state)  # aliases: no reference cycle via grad_fn
         return state
 
     @staticmethod
@@ -156,8 +210,18 @@ class ReversibleFunction(torch.autograd.Function):
                 "reversible backprop does not support double backward (create_graph=True); "
                 "set model.reversible_backprop = False for higher-order gradients"
             )
-        y = ctx.saved_tensors
-        g = [gr if gr is not None else torch.zeros_like(s) for gr, s in zip(grads, y, strict=True)]
+        if ctx.final is None:
+            raise RuntimeError(
+                "the reversible stack's backward ran twice (retain_graph=True?): its states are "
+                "rebuilt in place and gone after the first; set model.reversible_backprop = "
+                "False to backpropagate through one forward more than once"
+            )
+        seen: set[int] = set()
+        y = [_own(t, seen) for t in ctx.final]
+        ctx.final = None
+        taken = ctx.inbox.grads
+        g: Grads = [_own(taken.pop(i, gr), seen) for i, gr in enumerate(grads)]
+        del grads, taken, seen
         wgrads: list[Tensor | None] = [None] * len(ctx.weights)
         # The gradients of one block are summed over its run of consecutive steps (RevNet's two
         # half-steps, the Euler start and layer 1) and handed to its weights once the run ends:
@@ -173,29 +237,24 @@ class ReversibleFunction(torch.autograd.Function):
                     held, pending = block, [None] * len(params)
                 rng = ctx.rng[i].restored() if ctx.rng else contextlib.nullcontext()
                 with torch.enable_grad(), torch.autocast(**ctx.autocast), rng:
-                    # Views, not leaves: module backward hooks (FlopCounterMode's ModuleTracker)
-                    # hang multi-grad hooks on block inputs, which torch refuses on leaves in
-                    # autograd.grad.
-                    leaves = tuple(t.detach().requires_grad_().view_as(t) for t in y)
-                    x, y_hat = scheme.inverse_step(leaves, block)
-                    out = torch.autograd.grad(y_hat, (*x, *params), g, allow_unused=True)
-                # A step may change the number of slots (RevFFN's split of the stream into
-                # halves plus its auxiliary-loss slot), so the slot count is the rebuilt input's.
-                n = len(x)
-                g = [
-                    gx if gx is not None else torch.zeros_like(t)
-                    for gx, t in zip(out[:n], x, strict=True)
-                ]
-                pending = [
-                    gp if acc is None else acc if gp is None else acc + gp
-                    for acc, gp in zip(pending, out[n:], strict=True)
-                ]
-                y = tuple(t.detach() for t in x)
-                del leaves, x, y_hat, out  # this step's graph goes before the next recompute
+                    # In place on y and g: the step's output state and gradient become its
+                    # input's (schemes.py); the step's recompute graph is gone on return.
+                    step_grads = scheme.backward_step(y, g, block, params)
+                pending = [axpy(acc, gp) for acc, gp in zip(pending, step_grads, strict=True)]
+                del step_grads
             _hand_over(ctx, held, pending, wgrads, reduced)
         reduced.wait()
         need = ctx.needs_input_grad
-        return (None, None, None, g[0] if need[3] else None, g[1] if need[4] else None, *wgrads)
+        del y
+        return (
+            None,
+            None,
+            None,
+            None,
+            g[0] if need[4] else None,
+            g[1] if need[5] else None,
+            *wgrads,
+        )
 
 
 class ReversibleLM(LanguageModel):
@@ -260,14 +319,22 @@ class ReversibleLM(LanguageModel):
         )
         if self.reversible_backprop and needs_grad:
             preserve_rng = self.training and self.config.dropout > 0
+            inbox = _Inbox()
             if not self.grads_per_block:
-                return ReversibleFunction.apply(self.steps, preserve_rng, False, x, x, *weights)
-            if any(fsdp_sharded(b) for b in self.blocks):
-                raise RuntimeError("grads_per_block does not apply under FSDP2; set it False")
-            # The weights are not the Function's inputs, so the Function's backward runs only
-            # if its input needs a gradient: a frozen embedding gets a stand-in leaf.
-            x = x if x.requires_grad else x.detach().requires_grad_()
-            return ReversibleFunction.apply(self.steps, preserve_rng, True, x, x)
+                state = ReversibleFunction.apply(
+                    self.steps, preserve_rng, False, inbox, x, x, *weights
+                )
+            else:
+                if any(fsdp_sharded(b) for b in self.blocks):
+                    raise RuntimeError("grads_per_block does not apply under FSDP2; set it False")
+                # The weights are not the Function's inputs, so the Function's backward runs
+                # only if its input needs a gradient: a frozen embedding gets a stand-in leaf.
+                x = x if x.requires_grad else x.detach().requires_grad_()
+                state = ReversibleFunction.apply(self.steps, preserve_rng, True, inbox, x, x)
+            for slot, t in enumerate(state):
+                if t.requires_grad:
+                    t.register_hook(inbox.hook(slot))
+            return state
         return self.run_steps((x, x))
 
 
@@ -356,7 +423,7 @@ def reconstruction_errors(model: torch.nn.Module, input_ids: Tensor) -> list[flo
         errors = []
         for i in reversed(range(len(model.steps))):
             scheme, block = model.steps[i]
-            rebuilt, _ = scheme.inverse_step(rebuilt, block)
+            rebuilt = scheme.inverse_step(rebuilt, block)
             layer_start = i - model.n_prologue
             if layer_start >= 0 and layer_start % model.steps_per_layer == 0:
                 errors.append(_rel_error(rebuilt, states[i]))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -34,7 +35,7 @@ from revbench.models.blocks import MLP, CausalSelfAttention, SwiGLU, make_norm
 from revbench.models.config import ModelConfig
 from revbench.models.moe import MoE
 from revbench.models.reversible import ReversibleLM, Step, _register, _RngState
-from revbench.models.schemes import Scheme, State, _leaf
+from revbench.models.schemes import Grads, Recompute, Scheme, State, axpy
 
 
 class RevFFNBlock(nn.Module):
@@ -79,8 +80,9 @@ class RevFFNBlock(nn.Module):
 class Split(Scheme):
     """Prologue: (H, H) -> (X1, X2[, A = 0]), the stream in halves (and the aux-loss slot).
 
-    Inverse: H = [X1, X2] for both input slots (the trunk passes the embedding in both); the
-    second gets no gradient, so the embedding's gradient is counted once."""
+    Inverse: H = [X1, X2] for both input slots (the trunk passes the embedding in both).
+    Adjoint: g_H = [g_X1, g_X2] to the first slot, none to the second, so the embedding's
+    gradient is counted once."""
 
     aux: bool
 
@@ -89,13 +91,24 @@ class Split(Scheme):
         # still require grad (module hooks, e.g. FlopCounterMode's, would hang grad hooks on them).
         h = x[0] if torch.is_grad_enabled() else x[0].detach()
         x1, x2 = h.chunk(2, dim=-1)  # (B, T, d/2) each
-        return (x1, x2, h.new_zeros(())) if self.aux else (x1, x2)  # type: ignore[return-value]
+        return (x1, x2, h.new_zeros(())) if self.aux else (x1, x2)
 
-    def inverse_step(self, y: State, block: RevFFNBlock) -> tuple[State, State]:  # type: ignore[override]
-        h = torch.cat(y[:2], dim=-1).detach()
-        x = (_leaf(h), _leaf(h))
-        x1, x2 = x[0].chunk(2, dim=-1)
-        return x, (x1, x2, *y[2:])  # type: ignore[return-value]
+    @torch.no_grad()
+    def inverse_step(self, y: State, block: RevFFNBlock) -> State:  # type: ignore[override]
+        h = torch.cat(y[:2], dim=-1)
+        return h, h
+
+    def backward_step(  # type: ignore[override]
+        self, y: list[Tensor], g: Grads, block: RevFFNBlock, params: Sequence[Tensor]
+    ) -> Grads:
+        h = torch.cat(y[:2], dim=-1)
+        y[:] = [h, h]
+        half = (*h.shape[:-1], h.shape[-1] // 2)
+        g_h = None
+        if any(t is not None for t in g[:2]):
+            g_h = torch.cat([h.new_zeros(half) if t is None else t for t in g[:2]], dim=-1)
+        g[:] = [g_h, None]
+        return [None] * len(params)
 
 
 @dataclass(frozen=True)
@@ -106,29 +119,45 @@ class AttnCoupling(Scheme):
     point X1 <- Y1 - P1(Attn(U1(X1), U2(X2))) from X1 = Y1 under no_grad (extra attention
     evaluations), then the one recompute with grad at the rebuilt X1, whose VJP is the step's
     (exact at the rebuilt X1, approximate for the true one).
+    Adjoint, B(X1, X2) the branch: g_X1 = g_Y1 (+ J_B,X1^T g_Y1 in x1 mode),
+    g_X2 <- g_X2 + J_B,X2^T g_Y1.
     """
 
     def forward_step(self, x: State, block: RevFFNBlock) -> State:  # type: ignore[override]
         x1, x2, *rest = x
-        return (x1 + block.attn_branch(x1, x2), x2, *rest)  # type: ignore[return-value]
+        return (x1 + block.attn_branch(x1, x2), x2, *rest)
 
-    def inverse_step(self, y: State, block: RevFFNBlock) -> tuple[State, State]:  # type: ignore[override]
+    @torch.no_grad()
+    def inverse_step(self, y: State, block: RevFFNBlock) -> State:  # type: ignore[override]
         y1, x2, *rest = y
         if block.query_from == "x2":
-            b = block.attn_branch(x2, x2)  # the one recompute, on the unchanged X2
+            x1 = y1 - block.attn_branch(x2, x2)
+        else:
+            rng = _RngState(y1) if block.training and block.drop.p > 0 else None
+            x1 = _fixed_point(block, y1, x2, rng)
+        return (x1, x2, *rest)
+
+    def backward_step(  # type: ignore[override]
+        self, y: list[Tensor], g: Grads, block: RevFFNBlock, params: Sequence[Tensor]
+    ) -> Grads:
+        if block.query_from == "x2":
+            r = Recompute(lambda x2: block.attn_branch(x2, x2), y[1])  # on the unchanged X2
             with torch.no_grad():
-                x1 = _leaf(y1 - b)
+                y[0].sub_(r.value)  # X1, in Y1's memory
+            r.release()
+            (j2,), grads = r.vjp([g[0]], params)
         else:
             # With dropout, every attention evaluation must draw the forward's mask: restore
             # the RNG state the Function restored for this step before each of them.
-            rng = _RngState(y1) if block.training and block.drop.p > 0 else None
-            x1 = _fixed_point(block, y1.detach(), x2.detach(), rng)
-            # A view, not a leaf: it enters modules, and module hooks (FlopCounterMode's) refuse
-            # leaves inside autograd.grad (as in ReversibleFunction.backward).
-            x1 = _leaf(x1).view_as(x1)
+            rng = _RngState(y[0]) if block.training and block.drop.p > 0 else None
+            y[0] = _fixed_point(block, y[0].detach(), y[1].detach(), rng)
             with rng.restored() if rng else contextlib.nullcontext():
-                b = block.attn_branch(x1, x2)  # the one recompute, at the rebuilt X1
-        return (x1, x2, *rest), (x1 + b, x2, *rest)  # type: ignore[return-value]
+                r = Recompute(block.attn_branch, y[0], y[1])  # the one recompute, at rebuilt X1
+            (j1, j2), grads = r.vjp([g[0]], params)
+            g[0] = axpy(g[0], j1)
+            del j1
+        g[1] = axpy(g[1], j2) if g[1] is not None else j2
+        return grads
 
 
 @torch.no_grad()
@@ -149,24 +178,34 @@ def _fixed_point(block: RevFFNBlock, y1: Tensor, x2: Tensor, rng: _RngState | No
 
 @dataclass(frozen=True)
 class FFNCoupling(Scheme):
-    """Y2 = X2 + P2(MoE(N2(U3(Y1)))), A += aux; Y1 carried. Inverse X2 = Y2 - P2(...), exact."""
+    """Y2 = X2 + P2(MoE(N2(U3(Y1)))), A += aux; Y1 carried. Inverse X2 = Y2 - P2(...), exact.
+    Adjoint: g_X2 = g_Y2, g_A unchanged, g_Y1 <- g_Y1 + J_B^T g_Y2 + J_aux^T g_A."""
 
     def forward_step(self, x: State, block: RevFFNBlock) -> State:  # type: ignore[override]
         y1, x2, *rest = x
         b, aux = block.ffn_branch(y1)
         if not rest:
             return y1, x2 + b
-        return (y1, x2 + b, rest[0] + aux)  # type: ignore[return-value]
+        return (y1, x2 + b, rest[0] + aux)
 
-    def inverse_step(self, y: State, block: RevFFNBlock) -> tuple[State, State]:  # type: ignore[override]
+    @torch.no_grad()
+    def inverse_step(self, y: State, block: RevFFNBlock) -> State:  # type: ignore[override]
         y1, y2, *rest = y
-        b, aux = block.ffn_branch(y1)  # the one recompute, on the unchanged Y1
+        b, aux = block.ffn_branch(y1)
+        return (y1, y2 - b, *(rest[0] - aux for _ in rest))
+
+    def backward_step(  # type: ignore[override]
+        self, y: list[Tensor], g: Grads, block: RevFFNBlock, params: Sequence[Tensor]
+    ) -> Grads:
+        r = Recompute(block.ffn_branch, y[0])  # the one recompute, on the unchanged Y1
         with torch.no_grad():
-            x2 = _leaf(y2 - b)
-            a = [_leaf(rest[0] - aux)] if rest else []
-        if not rest:
-            return (y1, x2), (y1, x2 + b)
-        return (y1, x2, *a), (y1, x2 + b, a[0] + aux)  # type: ignore[return-value]
+            y[1].sub_(r.value)  # X2, in Y2's memory
+            if len(y) > 2:
+                y[2] = y[2] - r.outputs[1].detach()  # type: ignore[union-attr]
+        r.release()
+        (j1,), grads = r.vjp([g[1], g[2] if len(g) > 2 else None], params)
+        g[0] = axpy(g[0], j1) if g[0] is not None else j1
+        return grads
 
 
 def _layer(block: RevFFNBlock) -> list[Step]:

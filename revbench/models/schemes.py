@@ -1,46 +1,158 @@
-"""Reversible schemes: small classes, each one update of a two-slot state and its inverse.
+"""Reversible schemes: small classes, each one update of a state and its inverse and adjoint.
 
-A state is a pair of (B, T, C) tensors. Each scheme evaluates exactly ONE branch of a block per
-step, and ``inverse_step`` only ever evaluates that branch on a slot the step did not change, so
-the reversible backward (``reversible.py``) recomputes each branch once and uses that single
-result both to rebuild the previous state and to backpropagate.
+A state is a tuple of (B, T, C) tensors (two slots here; RevFFN's steps in ``revffn.py`` use
+halves and a third slot). Each scheme evaluates exactly ONE branch of a block per step, on a
+slot the step does not change, so the reversible backward (``reversible.py``) recomputes each
+branch once and uses that single result both to rebuild the previous state and to
+backpropagate. A scheme has three methods:
 
-Contract of ``inverse_step(y, block) -> (x, y_hat)``, called with grad enabled and with ``y``
-detached from the outer graph and requiring grad:
+* ``forward_step(x, block) -> y``: the update, differentiable (the plain path uses it too);
+* ``inverse_step(y, block) -> x``: the previous state, without gradients (reconstruction error);
+* ``backward_step(y, g, block, params) -> param_grads``: one step of the reversible backward,
+  called with grad enabled. On entry the lists ``y`` and ``g`` hold the step's output state and
+  its gradient (an entry may be None: no gradient reaches that slot); on return they hold the
+  rebuilt input state and its gradient, and the gradients of ``params`` are returned.
 
-* ``x`` is the rebuilt input of ``forward_step``: new leaves (detached arithmetic, then
-  ``requires_grad_``), or an element of ``y`` reused as is where the step carried it unchanged;
-* ``y_hat`` equals ``y`` in value and is expressed from ``x`` and the one branch evaluation, so
-  ``torch.autograd.grad(y_hat, x + params, grad_y)`` is the step's vector-Jacobian product.
+``backward_step`` writes the adjoint of its update out by hand (the vector-Jacobian product of
+the branch is autograd's, ``Recompute.vjp``) instead of backpropagating through a rebuilt
+``y_hat = prev + 2h f(p)``, which would materialise ``y_hat`` and the scaled branch for nothing.
+It may overwrite the tensors of ``y`` and ``g`` in place: the Function only passes tensors it
+owns (no one else holds their storage, ``owned``). So the target slot's old value becomes the
+rebuilt one in place (``p_{l+1}`` turns into ``p_{l-1}``), and a step keeps only the two
+states, their two gradients, one branch's recompute graph and the branch's input gradient.
 
 The residual stream keeps its own dtype (float32 under autocast): a branch output in bf16 is
-promoted when it is added to the stream, in the forward as in the rebuild.
+promoted when it is added to the stream, in the forward as in the rebuild (``torch.add`` with
+``alpha`` in both, so the scale multiplies the promoted value the same way each time).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from revbench.models.blocks import Block
 
-State = tuple[Tensor, Tensor]
+State = tuple[Tensor, ...]
+Grads = list[Tensor | None]
 
 
 def _leaf(t: Tensor) -> Tensor:
     return t.detach().requires_grad_()
 
 
-class Scheme:
-    """One reversible step: ``forward_step`` and its ``inverse_step`` (contract above)."""
+def _storage_refs(t: Tensor) -> int | None:
+    """How many owners the storage of ``t`` has, or None where torch cannot say."""
+    count = getattr(torch._C, "_storage_Use_Count", None)
+    if count is None:
+        return None
+    storage = t.untyped_storage()  # itself one reference while it lives
+    return int(count(storage._cdata)) - 1
 
-    def forward_step(self, x: State, block: Block) -> State:
+
+def owned(t: Tensor) -> bool:
+    """Whether ``t``'s memory belongs to ``t`` alone, so writing it in place changes nothing
+    anyone else can see: no other tensor (a caller's copy, a tensor saved by a graph) shares its
+    storage; a view may share it with its own base only (``autograd.grad`` returns a weight's
+    gradient as the transpose of a fresh product). False when torch cannot tell (then the
+    caller copies)."""
+    refs = _storage_refs(t)
+    return refs is not None and refs == (2 if t._is_view() else 1)
+
+
+def axpy(y: Tensor | None, x: Tensor | None, alpha: float = 1.0) -> Tensor | None:
+    """``y + alpha x`` with None meaning zero, in ``y``'s memory when ``y`` is owned (every
+    gradient the reversible backward holds is; see the module docstring). ``x`` is only read."""
+    if x is None:
+        return y
+    if y is None:
+        return x if alpha == 1.0 else x * alpha
+    if owned(y) and y.dtype == torch.promote_types(y.dtype, x.dtype):
+        return y.add_(x, alpha=alpha)
+    return torch.add(y, x, alpha=alpha)
+
+
+def scaled(x: Tensor | None, alpha: float, *keep: Tensor | None) -> Tensor | None:
+    """``alpha x``, in ``x``'s memory when it is owned and is none of ``keep`` (tensors the
+    caller still needs: a gradient ``vjp`` might hand back as is)."""
+    if x is None or alpha == 1.0:
+        return x
+    if owned(x) and not any(x is k for k in keep):
+        return x.mul_(alpha)
+    return x * alpha
+
+
+def scale(grads: Grads, alpha: float) -> Grads:
+    """Each gradient times ``alpha`` (fresh ones from ``vjp``: in place)."""
+    return [scaled(g, alpha) for g in grads]
+
+
+class Recompute:
+    """The one branch evaluation of a backward step, with grad, on fresh inputs.
+
+    ``fn(*inputs)`` runs on views of ``inputs`` that require grad, so ``vjp`` reaches them.
+    Views, not leaves: module backward hooks (FlopCounterMode's ModuleTracker) hang multi-grad
+    hooks on block inputs, which torch refuses on leaves inside ``autograd.grad``.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *inputs: Tensor) -> None:
+        self.inputs = tuple(_leaf(t).view_as(t) for t in inputs)
+        out = fn(*self.inputs)
+        self.outputs: tuple[Tensor | None, ...] = out if isinstance(out, tuple) else (out,)
+
+    @property
+    def value(self) -> Tensor:
+        """The (first) branch output, detached: what the rebuild subtracts."""
+        return self.outputs[0].detach()  # type: ignore[union-attr]
+
+    def release(self) -> None:
+        """Free the outputs' memory once the rebuild has used their values.
+
+        The VJP needs an output's graph and shape, not its values, unless a node of the graph
+        saved the output itself (then its storage has another owner and stays). The storage is
+        emptied in place (``resize_(0)``, as FSDP frees parameters), so the tensor keeps its
+        shape and ``grad_fn`` while its bytes go back before the branch's backward allocates.
+        """
+        for o in self.outputs:
+            if o is not None and o.dim() and owned(o):
+                o.untyped_storage().resize_(0)
+
+    def vjp(self, grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> tuple[Grads, Grads]:
+        """(gradients of the inputs, gradients of ``params``) for the outputs' ``grads``
+        (None: no gradient). Frees the recompute graph."""
+        pairs = [
+            (o, g.to(o.dtype))
+            for o, g in zip(self.outputs, grads, strict=True)
+            if g is not None and o is not None and o.requires_grad
+        ]
+        self.outputs = ()  # the graph goes with the last reference to its outputs
+        n = len(self.inputs)
+        if not pairs:
+            return [None] * n, [None] * len(params)
+        outs, gs = zip(*pairs, strict=True)
+        del pairs
+        res = torch.autograd.grad(outs, (*self.inputs, *params), gs, allow_unused=True)
+        del outs, gs
+        self.inputs = ()
+        return list(res[:n]), list(res[n:])
+
+
+class Scheme:
+    """One reversible step (contract in the module docstring)."""
+
+    def forward_step(self, x: State, block: Any) -> State:
         raise NotImplementedError
 
-    def inverse_step(self, y: State, block: Block) -> tuple[State, State]:
+    def inverse_step(self, y: State, block: Any) -> State:
+        raise NotImplementedError
+
+    def backward_step(
+        self, y: list[Tensor], g: Grads, block: Any, params: Sequence[Tensor]
+    ) -> Grads:
         raise NotImplementedError
 
 
@@ -53,6 +165,8 @@ class Midpoint(Scheme):
     Generalised:
         p_{l+1} = a p_{l-1} + (1-a) p_l + h f(p_l)
         inverse  p_{l-1} = (p_{l+1} - (1-a) p_l - h f(p_l)) / a
+    Adjoint (J = df/dp at p_l; plain: a = 1 and h -> 2h):
+        g_{l-1} = a g_{l+1},   g_l <- g_l + (1-a) g_{l+1} + h J^T g_{l+1}
     The inverse divides by ``a``: with |a| < 1 every layer amplifies the rounding error of the
     rebuilt state by 1/|a|, so reconstruction error grows like |a|^-L with depth.
     """
@@ -60,25 +174,51 @@ class Midpoint(Scheme):
     h: float = 1.0
     a: float | None = None
 
+    @property
+    def _branch_scale(self) -> float:
+        return 2 * self.h if self.a is None else self.h
+
     def _combine(self, prev: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
         if self.a is None:
-            return prev + (2 * self.h) * fc
-        return self.a * prev + (1 - self.a) * cur + self.h * fc
+            return torch.add(prev, fc, alpha=self._branch_scale)
+        return torch.add(torch.add(prev * self.a, cur, alpha=1 - self.a), fc, alpha=self.h)
+
+    def _rebuild_(self, nxt: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
+        """p_{l-1} from p_{l+1}, in ``nxt``'s memory."""
+        nxt.sub_(fc, alpha=self._branch_scale)
+        if self.a is not None:
+            nxt.sub_(cur, alpha=1 - self.a).div_(self.a)
+        return nxt
 
     def forward_step(self, x: State, block: Block) -> State:
         prev, cur = x
         return cur, self._combine(prev, cur, block.f(cur))
 
-    def inverse_step(self, y: State, block: Block) -> tuple[State, State]:
+    @torch.no_grad()
+    def inverse_step(self, y: State, block: Block) -> State:
         cur, nxt = y
-        fc = block.f(cur)  # the one recompute, on the known p_l
+        return self._rebuild_(nxt.clone(), cur, block.f(cur)), cur
+
+    def backward_step(
+        self, y: list[Tensor], g: Grads, block: Block, params: Sequence[Tensor]
+    ) -> Grads:
+        cur, nxt = y
+        r = Recompute(block.f, cur)  # the one recompute, on the known p_l
         with torch.no_grad():
-            if self.a is None:
-                prev = nxt - (2 * self.h) * fc
-            else:
-                prev = (nxt - (1 - self.a) * cur - self.h * fc) / self.a
-        prev = _leaf(prev)
-        return (prev, cur), (cur, self._combine(prev, cur, fc))
+            y[:] = [self._rebuild_(nxt, cur, r.value), cur]
+        r.release()
+        del nxt
+        g_cur, g_nxt = g
+        g.clear()
+        (jg,), grads = r.vjp([g_nxt], params)
+        s = self._branch_scale
+        g_cur = axpy(g_cur, jg, s) if g_cur is not None else scaled(jg, s, g_nxt)
+        del jg
+        if self.a is not None:
+            g_cur = axpy(g_cur, g_nxt, 1 - self.a)
+            g_nxt = scaled(g_nxt, self.a)
+        g[:] = [g_nxt, g_cur]
+        return scale(grads, self._branch_scale)
 
 
 @dataclass(frozen=True)
@@ -86,6 +226,7 @@ class Leapfrog(Scheme):
     """Leapfrog (Verlet) step, state (p_{l-1}, p_l) -> (p_l, p_{l+1}) (Gal et al.):
 
         p_{l+1} = 2 p_l - p_{l-1} + h^2 f(p_l)    inverse  p_{l-1} = 2 p_l - p_{l+1} + h^2 f(p_l)
+    Adjoint: g_{l-1} = -g_{l+1},   g_l <- g_l + 2 g_{l+1} + h^2 J^T g_{l+1}
 
     No division in the inverse, but the two-step recurrence lets rounding errors of the rebuilt
     states accumulate with depth (measured: ~50x midpoint's at 24 layers in float32).
@@ -94,19 +235,38 @@ class Leapfrog(Scheme):
     h: float = 1.0
 
     def _combine(self, prev: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
-        return 2 * cur - prev + (self.h * self.h) * fc
+        return torch.add(2 * cur - prev, fc, alpha=self.h * self.h)
+
+    def _rebuild_(self, nxt: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
+        return nxt.neg_().add_(cur, alpha=2).add_(fc, alpha=self.h * self.h)
 
     def forward_step(self, x: State, block: Block) -> State:
         prev, cur = x
         return cur, self._combine(prev, cur, block.f(cur))
 
-    def inverse_step(self, y: State, block: Block) -> tuple[State, State]:
+    @torch.no_grad()
+    def inverse_step(self, y: State, block: Block) -> State:
         cur, nxt = y
-        fc = block.f(cur)  # the one recompute, on the known p_l
+        return self._rebuild_(nxt.clone(), cur, block.f(cur)), cur
+
+    def backward_step(
+        self, y: list[Tensor], g: Grads, block: Block, params: Sequence[Tensor]
+    ) -> Grads:
+        cur, nxt = y
+        r = Recompute(block.f, cur)  # the one recompute, on the known p_l
         with torch.no_grad():
-            prev = 2 * cur - nxt + (self.h * self.h) * fc
-        prev = _leaf(prev)
-        return (prev, cur), (cur, self._combine(prev, cur, fc))
+            y[:] = [self._rebuild_(nxt, cur, r.value), cur]
+        r.release()
+        del nxt
+        g_cur, g_nxt = g
+        g.clear()
+        (jg,), grads = r.vjp([g_nxt], params)
+        h2 = self.h * self.h
+        g_cur = axpy(g_cur, jg, h2) if g_cur is not None else scaled(jg, h2, g_nxt)
+        del jg
+        g_cur = axpy(g_cur, g_nxt, 2.0)
+        g[:] = [scaled(g_nxt, -1.0), g_cur]
+        return scale(grads, self.h * self.h)
 
 
 Branch = Literal["attn_branch", "mlp_branch", "f"]
@@ -117,6 +277,7 @@ class AdditiveCoupling(Scheme):
     """Additive coupling: one slot moves by a branch of the other, which stays put.
 
         y_t = x_t + scale * B(x_o),  y_o = x_o        inverse  x_t = y_t - scale * B(y_o)
+    Adjoint: g_{x_t} = g_{y_t},   g_{x_o} = g_{y_o} + scale J_B^T g_{y_t}
 
     (t = ``target``, o = the other slot, B = ``branch`` of the block.) Two of these make a layer:
     RevNet (Gomez et al. 2017) Y1 = X1 + Attn(N1(X2)), Y2 = X2 + MLP(N2(Y1)); the Hamiltonian
@@ -130,21 +291,26 @@ class AdditiveCoupling(Scheme):
     branch: Branch
     scale: float = 1.0
 
-    def _update(self, x_t: Tensor, b: Tensor) -> Tensor:
-        return x_t + b if self.scale == 1.0 else x_t + self.scale * b
-
     def forward_step(self, x: State, block: Block) -> State:
         x_t, x_o = x[self.target], x[1 - self.target]
-        y_t = self._update(x_t, getattr(block, self.branch)(x_o))
+        y_t = torch.add(x_t, getattr(block, self.branch)(x_o), alpha=self.scale)
         return (y_t, x_o) if self.target == 0 else (x_o, y_t)
 
-    def inverse_step(self, y: State, block: Block) -> tuple[State, State]:
-        y_t, y_o = y[self.target], y[1 - self.target]
-        b = getattr(block, self.branch)(y_o)  # the one recompute, on the unchanged slot
+    @torch.no_grad()
+    def inverse_step(self, y: State, block: Block) -> State:
+        t, o = self.target, 1 - self.target
+        x = list(y)
+        x[t] = y[t].clone().sub_(getattr(block, self.branch)(y[o]), alpha=self.scale)
+        return tuple(x)
+
+    def backward_step(
+        self, y: list[Tensor], g: Grads, block: Block, params: Sequence[Tensor]
+    ) -> Grads:
+        t, o = self.target, 1 - self.target
+        r = Recompute(getattr(block, self.branch), y[o])  # the one recompute, unchanged slot
         with torch.no_grad():
-            x_t = y_t - b if self.scale == 1.0 else y_t - self.scale * b
-        x_t = _leaf(x_t)
-        y_hat_t = self._update(x_t, b)
-        if self.target == 0:
-            return (x_t, y_o), (y_hat_t, y_o)
-        return (y_o, x_t), (y_o, y_hat_t)
+            y[t].sub_(r.value, alpha=self.scale)  # x_t, in y_t's memory
+        r.release()
+        (jg,), grads = r.vjp([g[t]], params)
+        g[o] = axpy(g[o], jg, self.scale) if g[o] is not None else scaled(jg, self.scale, g[t])
+        return scale(grads, self.scale)
