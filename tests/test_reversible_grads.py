@@ -157,6 +157,16 @@ def test_function_keeps_only_the_final_states_and_gives_them_up() -> None:
     assert rev.final is None
 
 
+def test_a_trunk_output_the_caller_holds_is_not_overwritten() -> None:
+    # The backward rebuilds states in place of the final ones; one the caller still holds is
+    # copied first.
+    model = tiny_model("midpoint", n_layers=3)
+    h = model.trunk(model.embed(batch()))
+    before = h.detach().clone()
+    (h * h).sum().backward()
+    torch.testing.assert_close(h.detach(), before, rtol=0, atol=0)
+
+
 def test_retain_graph_second_backward_is_a_clear_error() -> None:
     model = tiny_model("midpoint", n_layers=2)
     ids = batch()
