@@ -178,3 +178,44 @@ def test_time_calls_times_every_call_after_warmup() -> None:
     assert timer.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     with pytest.raises(ValueError):
         timer.time_calls(fn, 0)
+
+
+def test_nvml_check_matches_by_bus_id_and_uuid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA-only NVML check's logic, on a stand-in GPU and a stand-in NVML."""
+    import sys
+    import types
+
+    props = types.SimpleNamespace(
+        name="NVIDIA H100 80GB HBM3",
+        total_memory=85_520_809_984,
+        pci_domain_id=0,
+        pci_bus_id=0x3B,
+        pci_device_id=0,
+        uuid="8c39d7b3-45e8-1234-abcd-0123456789ab",
+    )
+    asked: list[str] = []
+    nvml = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlDeviceGetHandleByPciBusId=lambda bus: asked.append(bus) or "handle",
+        nvmlDeviceGetName=lambda h: "NVIDIA H100 80GB HBM3",
+        nvmlDeviceGetUUID=lambda h: "GPU-8c39d7b3-45e8-1234-abcd-0123456789ab",
+        nvmlDeviceGetMemoryInfo=lambda h: types.SimpleNamespace(total=85_520_809_984),
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
+    check = doctor_checks.nvml_check(torch.device("cuda", 0))
+    assert check.status == "pass", check
+    assert asked == ["00000000:3b:00.0"]
+    assert "torch's indices may not be NVML's" in check.detail  # 2 GPUs, no PCI_BUS_ID order
+    nvml.nvmlDeviceGetUUID = lambda h: "GPU-00000000-45e8-1234-abcd-0123456789ab"
+    assert doctor_checks.nvml_check(torch.device("cuda", 0)).status == "fail"
+
+    def no_nvml() -> None:
+        raise OSError("libnvidia-ml.so.1: cannot open shared object file")
+
+    nvml.nvmlInit = no_nvml
+    check = doctor_checks.nvml_check(torch.device("cuda", 0))
+    assert check.status == "fail" and "libnvidia-ml" in check.detail

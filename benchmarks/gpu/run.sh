@@ -10,10 +10,10 @@
 # so the kit ends inside 8 minutes on one H100):
 #   1. revbench doctor --device DEVICE --quick (every check; --full-doctor for the longer mini
 #      suite),
-#   2. suites/gpu_validation.yaml (depth sweep at d_model 512, 16 and 32 layers, bf16; MoE and
-#      RevFFN at half Qwen1.5-MoE width: peak memory and throughput),
-#   3. benchmarks/gpu/max_batch_budget.yaml (GPT-2-small max batch, baseline vs midpoint, under
-#      an emulated 8 GiB budget, then throughput at each one's max batch).
+#   2. benchmarks/gpu/max_batch_budget.yaml (GPT-2-small max batch, baseline vs midpoint, under
+#      an emulated 8 GiB budget, then throughput at each one's max batch),
+#   3. suites/gpu_validation.yaml (depth sweep at d_model 512, 16 and 32 layers, bf16; MoE and
+#      RevFFN at half Qwen1.5-MoE width: peak memory and throughput) in the time left.
 # A stage that fails or runs out of time is recorded and the next one still runs; finished rows
 # are kept (every row is written atomically as it completes).
 #
@@ -145,10 +145,12 @@ if [ $TINY -eq 1 ]; then
     DOCTOR=(--quick --only env,memory,timing,exactness)
 fi
 
-stage doctor 200 "$PY" -m revbench.cli doctor --device "$DEVICE" --out "$WORK/results" "${DOCTOR[@]}"
+# The max-batch searches before the suite: a search stopped midway loses its case, while the
+# suite stopped at its limit keeps every case it finished (the most wanted ones come first).
+stage doctor 180 "$PY" -m revbench.cli doctor --device "$DEVICE" --out "$WORK/results" "${DOCTOR[@]}"
 cp "$WORK/logs/doctor.log" "$WORK/doctor.txt"
-stage suite 170 "$PY" -m revbench.cli run "$SUITE" --out "$WORK/results"
-stage max_batch 600 "$PY" -m revbench.cli run "$MAX_BATCH" --out "$WORK/results"
+stage max_batch 150 "$PY" -m revbench.cli run "$MAX_BATCH" --out "$WORK/results"
+stage suite 600 "$PY" -m revbench.cli run "$SUITE" --out "$WORK/results"
 
 # --- provenance, summary, pack --------------------------------------------------------------
 if ! git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -99,8 +100,12 @@ def nvml_check(device: Any) -> Check:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
     torch_uuid = str(getattr(props, "uuid", "") or "")
-    same_uuid = not torch_uuid or torch_uuid.removeprefix("GPU-") in uuid
-    ok = name == props.name and same_uuid
+    ours, theirs = _uuid_hex(torch_uuid), _uuid_hex(uuid)
+    if len(ours) == 32:  # torch gives the bare UUID, NVML "GPU-" and the same digits
+        ok = name == props.name and ours == theirs
+    else:  # an older torch, or one that prints it otherwise: the name has to do
+        ok = name == props.name
+        where += "; torch gives no comparable UUID"
     return Check(
         "env",
         "NVML names the same GPU",
@@ -109,6 +114,11 @@ def nvml_check(device: Any) -> Check:
         expected=f"torch: {props.name}, {mib(props.total_memory)}, {torch_uuid or 'no uuid'}",
         detail=where,
     )
+
+
+def _uuid_hex(text: str) -> str:
+    """The 32 hex digits of a GPU UUID (``GPU-8c39d7b3-...`` or ``8c39d7b3-...``)."""
+    return re.sub(r"[^0-9a-f]", "", text.lower().removeprefix("gpu-"))
 
 
 def _revbench_version() -> str:
