@@ -221,7 +221,7 @@ def budget_checks(device: Any, sizes: Sizes, ctx: Context) -> Iterator[Check]:
         ("budget accepts a trial below it", BUDGET_MARGIN[1], True),
     ):
         budget = int(footprint * margin)
-        row, t = trial(budget)
+        _, t = trial(budget)
         ok = bool(t["fits"]) == should_fit
         verdict = "fits" if t["fits"] else "refused" + (" (oom)" if t["status"] == "oom" else "")
         yield Check(
@@ -234,7 +234,6 @@ def budget_checks(device: Any, sizes: Sizes, ctx: Context) -> Iterator[Check]:
             detail=f"batch {batch}; each trial a fresh process",
             columns={
                 "budget_bytes": budget,
-                "max_batch_size": row.get("max_batch_size"),
                 "search_trials": 1,
                 "search_trial_list": [dict(t)],
                 "peak_mem_bytes": footprint,
