@@ -47,10 +47,12 @@ class Recorder(Scheme):
     def inverse_step(self, y: Any, block: Any) -> Any:
         return self.inner.inverse_step(y, block)
 
-    def backward_step(self, y: list, g: list, block: Any, params: Sequence[torch.Tensor]) -> list:
+    def backward_step(
+        self, y: list, g: list, block: Any, params: Sequence[torch.Tensor], **kw: Any
+    ) -> list:
         entry = self.tracker.reset_peak()
         shapes = [tuple(t.shape) for t in y]
-        out = self.inner.backward_step(y, g, block, params)
+        out = self.inner.backward_step(y, g, block, params, **kw)
         self.log.append(
             {
                 "scheme": self.inner,

@@ -254,7 +254,8 @@ class ReversibleFunction(torch.autograd.Function):
                 with torch.enable_grad(), torch.autocast(**ctx.autocast), rng:
                     # In place on y and g: the step's output state and gradient become its
                     # input's (schemes.py); the step's recompute graph is gone on return.
-                    step_grads = scheme.backward_step(y, g, block, params)
+                    # The stack's first step need not rebuild its input (the embedding).
+                    step_grads = scheme.backward_step(y, g, block, params, rebuild=i > 0)
                 pending = [axpy(acc, gp) for acc, gp in zip(pending, step_grads, strict=True)]
                 del step_grads
             _hand_over(ctx, held, pending, wgrads, reduced)

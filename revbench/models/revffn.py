@@ -99,7 +99,12 @@ class Split(Scheme):
         return h, h
 
     def backward_step(  # type: ignore[override]
-        self, y: list[Tensor], g: Grads, block: RevFFNBlock, params: Sequence[Tensor]
+        self,
+        y: list[Tensor],
+        g: Grads,
+        block: RevFFNBlock,
+        params: Sequence[Tensor],
+        rebuild: bool = True,
     ) -> Grads:
         h = torch.cat(y[:2], dim=-1)
         y[:] = [h, h]
@@ -138,7 +143,12 @@ class AttnCoupling(Scheme):
         return (x1, x2, *rest)
 
     def backward_step(  # type: ignore[override]
-        self, y: list[Tensor], g: Grads, block: RevFFNBlock, params: Sequence[Tensor]
+        self,
+        y: list[Tensor],
+        g: Grads,
+        block: RevFFNBlock,
+        params: Sequence[Tensor],
+        rebuild: bool = True,
     ) -> Grads:
         if block.query_from == "x2":
             r = Recompute(lambda x2: block.attn_branch(x2, x2), y[1])  # on the unchanged X2
@@ -195,7 +205,12 @@ class FFNCoupling(Scheme):
         return (y1, y2 - b, *(rest[0] - aux for _ in rest))
 
     def backward_step(  # type: ignore[override]
-        self, y: list[Tensor], g: Grads, block: RevFFNBlock, params: Sequence[Tensor]
+        self,
+        y: list[Tensor],
+        g: Grads,
+        block: RevFFNBlock,
+        params: Sequence[Tensor],
+        rebuild: bool = True,
     ) -> Grads:
         r = Recompute(block.ffn_branch, y[0])  # the one recompute, on the unchanged Y1
         with torch.no_grad():

@@ -11,7 +11,9 @@ backpropagate. A scheme has three methods:
 * ``backward_step(y, g, block, params) -> param_grads``: one step of the reversible backward,
   called with grad enabled. On entry the lists ``y`` and ``g`` hold the step's output state and
   its gradient (an entry may be None: no gradient reaches that slot); on return they hold the
-  rebuilt input state and its gradient, and the gradients of ``params`` are returned.
+  rebuilt input state and its gradient, and the gradients of ``params`` are returned. With
+  ``rebuild`` False (the first step of the stack, the backward's last) the input state is not
+  needed, only its gradient: the step may drop the old value instead of rebuilding it.
 
 ``backward_step`` writes the adjoint of its update out by hand (the vector-Jacobian product of
 the branch is autograd's, ``Recompute.vjp``) instead of backpropagating through a rebuilt
@@ -151,7 +153,12 @@ class Scheme:
         raise NotImplementedError
 
     def backward_step(
-        self, y: list[Tensor], g: Grads, block: Any, params: Sequence[Tensor]
+        self,
+        y: list[Tensor],
+        g: Grads,
+        block: Any,
+        params: Sequence[Tensor],
+        rebuild: bool = True,
     ) -> Grads:
         raise NotImplementedError
 
@@ -200,12 +207,17 @@ class Midpoint(Scheme):
         return self._rebuild_(nxt.clone(), cur, block.f(cur)), cur
 
     def backward_step(
-        self, y: list[Tensor], g: Grads, block: Block, params: Sequence[Tensor]
+        self,
+        y: list[Tensor],
+        g: Grads,
+        block: Block,
+        params: Sequence[Tensor],
+        rebuild: bool = True,
     ) -> Grads:
         cur, nxt = y
         r = Recompute(block.f, cur)  # the one recompute, on the known p_l
         with torch.no_grad():
-            y[:] = [self._rebuild_(nxt, cur, r.value), cur]
+            y[:] = [self._rebuild_(nxt, cur, r.value) if rebuild else None, cur]
         r.release()
         del nxt
         g_cur, g_nxt = g
@@ -250,12 +262,17 @@ class Leapfrog(Scheme):
         return self._rebuild_(nxt.clone(), cur, block.f(cur)), cur
 
     def backward_step(
-        self, y: list[Tensor], g: Grads, block: Block, params: Sequence[Tensor]
+        self,
+        y: list[Tensor],
+        g: Grads,
+        block: Block,
+        params: Sequence[Tensor],
+        rebuild: bool = True,
     ) -> Grads:
         cur, nxt = y
         r = Recompute(block.f, cur)  # the one recompute, on the known p_l
         with torch.no_grad():
-            y[:] = [self._rebuild_(nxt, cur, r.value), cur]
+            y[:] = [self._rebuild_(nxt, cur, r.value) if rebuild else None, cur]
         r.release()
         del nxt
         g_cur, g_nxt = g
@@ -304,12 +321,20 @@ class AdditiveCoupling(Scheme):
         return tuple(x)
 
     def backward_step(
-        self, y: list[Tensor], g: Grads, block: Block, params: Sequence[Tensor]
+        self,
+        y: list[Tensor],
+        g: Grads,
+        block: Block,
+        params: Sequence[Tensor],
+        rebuild: bool = True,
     ) -> Grads:
         t, o = self.target, 1 - self.target
         r = Recompute(getattr(block, self.branch), y[o])  # the one recompute, unchanged slot
-        with torch.no_grad():
-            y[t].sub_(r.value, alpha=self.scale)  # x_t, in y_t's memory
+        if rebuild:
+            with torch.no_grad():
+                y[t].sub_(r.value, alpha=self.scale)  # x_t, in y_t's memory
+        else:
+            y[t] = None  # type: ignore[call-overload]
         r.release()
         (jg,), grads = r.vjp([g[t]], params)
         g[o] = axpy(g[o], jg, self.scale) if g[o] is not None else scaled(jg, self.scale, g[t])
