@@ -32,7 +32,9 @@ from torch import nn
 
 from revbench.errors import ConfigError
 from revbench.models import build_model
+from revbench.models.head import CrossEntropy, DistillKL, chunked_head_loss, next_token_targets
 from revbench.models.hf import from_pretrained, load_weights, save_checkpoint
+from revbench.models.output import loss_dtype
 from revbench.models.revffn import is_adapter
 from revbench.tasks.base import train
 from revbench.tasks.lm import corpus_tokens, random_windows, split_stream
@@ -122,6 +124,54 @@ def evaluate(
     return kl / n, math.exp(ce_s / n), math.exp(ce_t / n)
 
 
+def distillation_loss(
+    student: nn.Module, teacher: nn.Module, ids: torch.Tensor, cfg: ConvertConfig
+) -> torch.Tensor:
+    """``kl_weight T^2 KL(p_teacher || p_student)`` per token at temperature T, plus
+    ``lm_weight`` times the student's next-token loss and its auxiliary loss, on ``ids``.
+
+    With a student head that avoids the full logits (``head_chunk_tokens``, ``head_impl``),
+    neither model's full logits exist: the student's head runs in chunks and the teacher's
+    log-probabilities are recomputed per chunk from its final states (``models/head.py``)."""
+    T = cfg.temperature
+    if not student.head.materialises_logits:
+        with torch.no_grad():
+            t_hidden = teacher.features(ids)[0].flatten(0, 1)  # (B*T, C_teacher)
+        t_weight = teacher.head.proj.weight
+
+        def teacher_logp(rows: slice) -> torch.Tensor:
+            with torch.no_grad():
+                return (loss_dtype(F.linear(t_hidden[rows], t_weight)) / T).log_softmax(-1)
+
+        hidden, aux = student.features(ids)
+        hidden = hidden.flatten(0, 1)  # (B*T, C)
+        weight, chunk = student.head.proj.weight, student.head.chunk_tokens or ids.shape[1]
+        loss = cfg.kl_weight * chunked_head_loss(
+            hidden, weight, DistillKL(teacher_logp, hidden.shape[0], T), chunk
+        )
+        if cfg.lm_weight:
+            targets = next_token_targets(ids).flatten()
+            loss = loss + cfg.lm_weight * chunked_head_loss(
+                hidden, weight, CrossEntropy(targets), chunk
+            )
+        return loss if aux is None else loss + aux
+    with torch.no_grad():
+        t = (loss_dtype(teacher(ids).logits) / T).log_softmax(-1)
+    out = student(ids, labels=ids if cfg.lm_weight else None)
+    s = (loss_dtype(out.logits) / T).log_softmax(-1)
+    loss = (
+        cfg.kl_weight
+        * T
+        * T
+        * F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
+    )
+    if cfg.lm_weight:
+        loss = loss + cfg.lm_weight * out.loss
+    if out.aux_loss is not None:
+        loss = loss + out.aux_loss
+    return loss
+
+
 def distill(
     student: nn.Module,
     teacher: nn.Module,
@@ -139,25 +189,10 @@ def distill(
         for name, p in student.named_parameters():
             p.requires_grad_(is_adapter(name))
     gen = torch.Generator().manual_seed(cfg.seed)
-    T = cfg.temperature
 
     def step(_: int) -> tuple[torch.Tensor, int]:
         ids = random_windows(train_tokens, cfg.batch_size, cfg.seq_len, gen)
-        with torch.no_grad():
-            t = (teacher(ids).logits.float() / T).log_softmax(-1)
-        out = student(ids, labels=ids if cfg.lm_weight else None)
-        s = (out.logits.float() / T).log_softmax(-1)
-        loss = (
-            cfg.kl_weight
-            * T
-            * T
-            * F.kl_div(s.flatten(0, 1), t.flatten(0, 1), log_target=True, reduction="batchmean")
-        )
-        if cfg.lm_weight:
-            loss = loss + cfg.lm_weight * out.loss
-        if out.aux_loss is not None:
-            loss = loss + out.aux_loss
-        return loss, ids.numel()
+        return distillation_loss(student, teacher, ids, cfg), ids.numel()
 
     return train(student.parameters(), step, cfg.steps, cfg.lr)
 

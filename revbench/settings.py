@@ -129,6 +129,8 @@ HASHED_IF_SET: dict[str, Any] = {
     "norm_topk_prob": True,
     "d_ff_shared": 0,
     "distill_trainable": "all",
+    "head_chunk_tokens": 0,
+    "head_impl": "torch",
 }
 
 

@@ -178,3 +178,30 @@ def test_suite_on_an_moe_checkpoint_keeps_the_reference_and_distils_revffn_adapt
     path.write_text(bad)
     with pytest.raises(SuiteError, match="distill_trainable is adapters but arch is midpoint"):
         load_suite(path)
+
+
+@pytest.mark.parametrize("lm_weight", [0.0, 0.5])
+def test_distillation_with_a_chunked_head_equals_the_full_head(lm_weight: float) -> None:
+    """The student's head in chunks (and the teacher's log-probabilities per chunk) gives the
+    distillation loss and gradients of the full logits (float64)."""
+    import dataclasses
+
+    from revbench.convert import distillation_loss
+    from revbench.models import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    teacher = build_model(ModelConfig(vocab_size=40, d_model=16, n_heads=2, n_layers=2)).double()
+    cfg = ConvertConfig(arch="midpoint", lm_weight=lm_weight, temperature=2.0)
+    ids = torch.randint(0, 40, (3, 9), generator=torch.Generator().manual_seed(1))
+    results = []
+    for chunk in (0, 5):
+        torch.manual_seed(1)
+        mcfg = ModelConfig(vocab_size=40, d_model=16, n_heads=2, n_layers=2, arch="midpoint")
+        student = build_model(dataclasses.replace(mcfg, head_chunk_tokens=chunk)).double()
+        loss = distillation_loss(student, teacher, ids, cfg)
+        loss.backward()
+        results.append((float(loss.detach()), {n: p.grad for n, p in student.named_parameters()}))
+    (full, gf), (chunked, gc) = results
+    assert abs(chunked - full) <= 1e-12 * abs(full)
+    for n in gf:
+        torch.testing.assert_close(gc[n], gf[n], rtol=1e-10, atol=1e-14, msg=n)

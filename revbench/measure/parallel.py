@@ -228,6 +228,11 @@ def whole_parameters(model: torch.nn.Module) -> Iterator[None]:
             m.reshard()
 
 
+def sharded(model: torch.nn.Module) -> bool:
+    """Whether any module of ``model`` is FSDP2-sharded."""
+    return bool(_fsdp_modules(model))
+
+
 def _fsdp_modules(model: torch.nn.Module) -> list[Any]:
     import sys
 

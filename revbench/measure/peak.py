@@ -83,6 +83,21 @@ COLUMNS = (
         "reversible models: tensors saved by the largest one-step recompute in backward",
     ),
     Column(
+        "head_peak_bytes",
+        pa.int64(),
+        "bytes",
+        "what the LM head and its loss alone add at their peak in one forward + backward on "
+        "final states of the case's shape (logits and their gradients, the head's weight "
+        "gradient and the states' gradient), measured after the step; null under FSDP2",
+    ),
+    Column(
+        "head_peak_fraction",
+        pa.float64(),
+        "",
+        "head_peak_bytes / peak_mem_delta_bytes: how much of the step's peak the head alone "
+        "reaches (full logits: most of a reversible model's; chunked: little)",
+    ),
+    Column(
         "memory_method",
         pa.string(),
         "",
@@ -157,7 +172,10 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     step.optimizer.zero_grad(set_to_none=True)
     with parallel.whole_parameters(step.model):  # FSDP2: the recompute needs whole weights
         stack, recompute = reversible_memory(step.model, step.input_ids, step.autocast())
+    head = None if parallel.sharded(step.model) else _head_peak(step, reset, peak)
     return {
+        "head_peak_bytes": head,
+        "head_peak_fraction": None if head is None else head / max(step_peak - runtime, 1),
         "world_size": step.world_size,
         "reversible_stack_bytes": stack,
         "recompute_step_bytes": recompute,
@@ -173,6 +191,32 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
         "backward_transient_bytes": backward_transient,
         "memory_method": method,
     }
+
+
+def _head_peak(step: Any, reset: Any, peak: Any) -> int:
+    """Peak bytes of the head alone: its loss and backward on random final states of the
+    case's shape, the way the model computes its training loss (full, chunked or Liger)."""
+    import torch
+
+    from revbench.models.head import next_token_targets
+    from revbench.models.output import next_token_loss
+
+    model, ids = step.model, step.input_ids
+    dtype = next(model.parameters()).dtype
+    gen = torch.Generator(device=ids.device).manual_seed(0)
+    h = torch.randn(
+        (*ids.shape, model.config.d_model), device=ids.device, dtype=dtype, generator=gen
+    ).requires_grad_()
+    before = reset()
+    with step.autocast():
+        if model.head.materialises_logits:
+            loss = next_token_loss(model.head(h), ids)
+        else:
+            loss = model.head.loss(h, next_token_targets(ids))
+    loss.backward()
+    grown = peak() - before
+    step.optimizer.zero_grad(set_to_none=True)
+    return grown
 
 
 def _activations(model: Any) -> Any:

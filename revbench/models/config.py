@@ -50,6 +50,15 @@ class ModelConfig:
     norm_eps: Annotated[float, Field(gt=0)] = 1e-5
     rope_theta: Annotated[float, Field(gt=0)] = 10000.0
 
+    # --- LM head ---
+    head_chunk_tokens: Annotated[int, Field(ge=0)] = 0
+    """Compute the training loss's LM head in chunks of this many tokens (``models/head.py``):
+    the full (tokens, vocab) logits are never materialised, each chunk's logits are recomputed
+    in backward. 0: the full logits (what the papers' models do). The loss is the same."""
+    head_impl: Literal["torch", "liger"] = "torch"
+    """torch: revbench's own head (full or chunked, any device). liger: Liger-Kernel's fused
+    linear cross-entropy (CUDA only, ``pip install liger-kernel``; never materialises logits)."""
+
     # --- training behaviour ---
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
     checkpointing: bool = False

@@ -124,7 +124,17 @@ def _hf_call(source: Source, what: str, fn: Callable[..., Any], **kwargs: Any) -
 
 
 # Settings a user may change on top of a checkpoint: the scheme, not the weights' shapes.
-FREE_FIELDS = {"arch", "step_size", "a", "init_state", "dropout", "checkpointing", "max_seq_len"}
+FREE_FIELDS = {
+    "arch",
+    "step_size",
+    "a",
+    "init_state",
+    "dropout",
+    "checkpointing",
+    "max_seq_len",
+    "head_chunk_tokens",
+    "head_impl",
+}
 
 
 def model_config_from_hf(hf_config: Any, arch: str | None = None, **overrides: Any) -> ModelConfig:

@@ -16,21 +16,32 @@ from torch import nn
 
 from revbench.models.blocks import Block, Embedding, init_weights, make_norm
 from revbench.models.config import ModelConfig
+from revbench.models.head import (
+    CrossEntropy,
+    chunked_head_loss,
+    liger_cross_entropy,
+    next_token_targets,
+)
 
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor
-    """(B, T, vocab_size)"""
+    logits: torch.Tensor | None
+    """(B, T, vocab_size); None when a loss was asked of a head that never materialises the
+    logits (``head_chunk_tokens`` > 0 or ``head_impl: liger``)."""
     loss: torch.Tensor | None = None
-    """Next-token cross-entropy, CE(logits[:, :-1], labels[:, 1:]), ignore_index -100; None
-    without labels."""
+    """Next-token cross-entropy, CE(logits[:, :-1], labels[:, 1:]) (or CE against ``targets``),
+    ignore_index -100; None without labels or targets."""
     aux_loss: torch.Tensor | None = None
     """Auxiliary loss to add to ``loss`` (e.g. MoE load balancing); None when there is none."""
 
 
 class LMHead(nn.Module):
-    """Final norm and projection to the vocabulary (weight tied to the embedding if asked)."""
+    """Final norm and projection to the vocabulary (weight tied to the embedding if asked).
+
+    ``loss`` computes the training loss the way the config asks: from the full logits, in
+    chunks of ``head_chunk_tokens`` tokens without ever materialising them (``head.py``), or
+    with Liger-Kernel's fused kernel (``head_impl: liger``)."""
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
@@ -38,17 +49,42 @@ class LMHead(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.proj.weight = embedding.weight
+        self.chunk_tokens = cfg.head_chunk_tokens
+        self.impl = cfg.head_impl
+
+    @property
+    def materialises_logits(self) -> bool:
+        """Whether the training loss goes through the full (B, T, V) logits."""
+        return self.impl == "torch" and not self.chunk_tokens
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.norm(x))  # (B, T, V)
 
+    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of ``targets`` (B, T) (-100: none) from the final states ``x``
+        (B, T, C), without the full logits (``materialises_logits`` False)."""
+        hidden = self.norm(x).flatten(0, 1)  # (B*T, C)
+        flat = targets.reshape(-1)  # (B*T,)
+        if self.impl == "liger":
+            return liger_cross_entropy(hidden, self.proj.weight, flat)
+        return chunked_head_loss(hidden, self.proj.weight, CrossEntropy(flat), self.chunk_tokens)
+
+
+def loss_dtype(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy runs in float32 at least (bf16/fp16 logits under autocast), float64 kept."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t+1 from position t."""
+    """Mean cross-entropy of predicting token t+1 from position t.
+
+    Scored on the whole (B*T, V) view of the logits with the last position's target ignored,
+    rather than on ``logits[:, :-1]``: the slice is not contiguous, so flattening it would copy
+    the logits (and its backward would zero-fill another logits-sized buffer)."""
     V = logits.size(-1)
     return F.cross_entropy(
-        logits[:, :-1].reshape(-1, V).float(),  # ((B * (T-1)), V); float32 under autocast
-        labels[:, 1:].reshape(-1),  # (B * (T-1),)
+        loss_dtype(logits.reshape(-1, V)),  # (B*T, V), a view
+        next_token_targets(labels).reshape(-1),  # (B*T,), -100 at each last position
         ignore_index=-100,
     )
 
@@ -75,8 +111,36 @@ class LanguageModel(nn.Module):
         """``trunk`` and the auxiliary loss it produced; MoE architectures override this."""
         return self.trunk(x), None
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> ModelOutput:
+    def features(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """((B, T, C) normalised final states the LM head projects, auxiliary loss or None)."""
         h, aux_loss = self.trunk_and_aux(self.embed(input_ids))
+        return self.head.norm(h), aux_loss
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        targets: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        """Logits, and the loss: next-token cross-entropy of ``labels`` (B, T), or
+        cross-entropy of ``targets`` (B, T) aligned with the positions (-100: not scored).
+        When the head avoids the full logits (``head_chunk_tokens``, ``head_impl``) and a loss
+        is asked for, ``logits`` is None."""
+        h, aux_loss = self.trunk_and_aux(self.embed(input_ids))
+        if labels is not None and targets is not None:
+            raise ValueError("give labels (next-token) or targets (per position), not both")
+        if labels is None and targets is None:
+            return ModelOutput(logits=self.head(h), loss=None, aux_loss=aux_loss)
+        if not self.head.materialises_logits:
+            aligned = next_token_targets(labels) if labels is not None else targets
+            return ModelOutput(logits=None, loss=self.head.loss(h, aligned), aux_loss=aux_loss)
         logits = self.head(h)  # (B, T, V)
-        loss = None if labels is None else next_token_loss(logits, labels)
+        if labels is not None:
+            loss = next_token_loss(logits, labels)
+        else:
+            V = logits.size(-1)
+            loss = F.cross_entropy(
+                loss_dtype(logits.reshape(-1, V)), targets.reshape(-1), ignore_index=-100
+            )
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux_loss)

@@ -106,7 +106,7 @@ def build_task(name: str, **config: Any) -> Task:
 
 def final_hidden(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     """(B, T, C) normalised state the LM head reads: the features a classifier head uses."""
-    return model.head.norm(model.trunk(model.embed(input_ids)))
+    return model.features(input_ids)[0]
 
 
 def lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:

@@ -52,12 +52,10 @@ class _SyntheticTask(Task):
         gen = torch.Generator().manual_seed(ctx.seed)
 
         def loss_of(ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-            out = model(ids.to(ctx.device))
-            logits = out.logits.float()  # (B, T, V)
-            loss = torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1), targets.to(ctx.device).flatten(), ignore_index=-100
-            )
-            return loss if out.aux_loss is None else loss + out.aux_loss
+            # Cross-entropy at the scored positions; the model's head decides whether the full
+            # logits exist (head_chunk_tokens).
+            out = model(ids.to(ctx.device), targets=targets.to(ctx.device))
+            return out.loss if out.aux_loss is None else out.loss + out.aux_loss
 
         def step(_: int) -> tuple[torch.Tensor, int]:
             ids, targets = self.sample(ctx.batch_size, gen)
