@@ -1,7 +1,8 @@
 """The results store: one parquet row per case run, typed, versioned, written atomically.
 
-Schema version 1. Every column, its type and unit (``revbench schema`` prints this table, and
-docs/results-schema.md is generated from it):
+Schema version 2 (version 2 added the LM head settings and the ``head_peak_*`` columns). Every
+column, its type and unit (``revbench schema`` prints this table, and docs/results-schema.md is
+generated from it):
 
 * provenance — who measured what, where and with which software (``PROVENANCE`` below);
 * configuration — every setting of the case, flattened as ``section.field`` (``model.n_layers``,
@@ -33,7 +34,7 @@ import pyarrow.parquet as pq
 
 from revbench.errors import ResultsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _META_KEY = b"revbench.schema_version"
 
 
