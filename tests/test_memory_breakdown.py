@@ -36,14 +36,24 @@ def test_parameters_gradients_optimizer_activations_add_up_to_the_peak(tmp_path:
     assert base["activation_bytes"] > 0.8 * explained
     assert abs(base["peak_mem_delta_bytes"] - explained) < 0.10 * base["peak_mem_delta_bytes"]
 
-    # Midpoint keeps almost nothing: the footprint is parameters, optimizer state and saved
-    # tensors plus what the backward adds, the recomputed block and the gradients it produces
-    # (so grad_bytes is inside backward_transient_bytes). Measured: 33.5-34.2 MiB footprint vs
-    # 1.6 + 3.2 + 5.1 + 25.6-26.0 MiB.
+    # Midpoint keeps almost nothing: its footprint lies between what must exist at the backward's
+    # peak (parameters, optimizer state, gradients, the two kept states and one block's
+    # recompute) and everything saved plus what the backward adds on top of it (an over-count:
+    # the head's saved tensors are gone before the trunk's recompute). Measured: 25.8 MiB
+    # between 24.6 and 28.4 MiB (33.5-34.2 MiB before the engine kept only what the maths needs).
     mid = df.loc["midpoint"]
+    must = (
+        "param_bytes",
+        "optimizer_state_bytes",
+        "grad_bytes",
+        "reversible_stack_bytes",
+        "recompute_step_bytes",
+    )
+    lower = sum(int(mid[p]) for p in must)
     kept = ("param_bytes", "optimizer_state_bytes", "activation_bytes")
-    explained = sum(int(mid[p]) for p in kept) + int(mid["backward_transient_bytes"])
-    assert abs(mid["peak_mem_delta_bytes"] - explained) < 0.10 * mid["peak_mem_delta_bytes"]
+    upper = sum(int(mid[p]) for p in kept) + int(mid["backward_transient_bytes"])
+    assert lower <= mid["peak_mem_delta_bytes"] <= upper
+    assert upper - lower < 0.2 * mid["peak_mem_delta_bytes"]
     assert mid["activation_bytes"] < 0.1 * base["activation_bytes"]
     assert mid["peak_mem_delta_bytes"] < 0.5 * base["peak_mem_delta_bytes"]
 

@@ -66,11 +66,29 @@ class SavedTensors:
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
         if not _in_backward():
-            key, nbytes = _storage(t)
-            now = () if self._exclude_now is None else self._exclude_now()
-            if key not in self._exclude and all(_storage(p)[0] != key for p in now):
-                self._seen[key] = max(nbytes, self._seen.get(key, 0))
+            self._count(t)
         return t
+
+    def _count(self, t: torch.Tensor) -> None:
+        key, nbytes = _storage(t)
+        now = () if self._exclude_now is None else self._exclude_now()
+        if key not in self._exclude and all(_storage(p)[0] != key for p in now):
+            self._seen[key] = max(nbytes, self._seen.get(key, 0))
+
+    def include_kept(self, output: torch.Tensor) -> None:
+        """Count what autograd Functions in ``output``'s graph keep on ``ctx`` outside
+        ``save_for_backward`` (the reversible Function's final state, ``ctx.final``): kept
+        for backward all the same, but invisible to saved-tensor hooks. Call before the
+        backward, which consumes it."""
+        seen, stack = set(), [output.grad_fn]
+        while stack:
+            node = stack.pop()
+            if node is None or node in seen:
+                continue
+            seen.add(node)
+            for t in getattr(node, "final", None) or ():
+                self._count(t)
+            stack.extend(f for f, _ in node.next_functions)
 
     @staticmethod
     def _unpack(t: torch.Tensor) -> torch.Tensor:

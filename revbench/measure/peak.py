@@ -154,7 +154,10 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
         method = ("vmhwm" if reset_peak_rss() else "ru_maxrss") + "+mmap65536"
     reset()
     with _activations(step.model) as saved:
-        step.forward_backward()
+        loss = step.loss()
+        saved.include_kept(loss)
+        loss.backward()
+        del loss
     step.optimizer.step()
     step.optimizer.zero_grad(set_to_none=True)
     for _ in range(case.measure["warmup"] + case.measure["steps"] - 1):
