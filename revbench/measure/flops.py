@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from revbench.gpus import by_device_name
 from revbench.models import ModelConfig
 
 SDPA_BACKWARD_FACTOR = 2.5
@@ -27,24 +28,6 @@ RECOMPUTING_ARCHS = {
     "revnet",
     "revffn",
 }  # revffn: see moe_step_flops
-
-# Peak dense (no sparsity) rates in TFLOP/s by GPU model, from the vendors' datasheets:
-# (bf16/fp16 tensor core, fp32 without TF32). Matched by substring of the device name, first hit.
-PEAK_TFLOPS: tuple[tuple[str, float, float], ...] = (
-    ("H100 PCIe", 756.0, 51.2),
-    ("H100", 989.4, 66.9),  # SXM
-    ("H200", 989.4, 66.9),
-    ("H800", 989.4, 66.9),
-    ("A100", 312.0, 19.5),
-    ("L40S", 362.1, 91.6),
-    ("A10G", 70.0, 31.2),
-    ("A10", 125.0, 31.2),
-    ("RTX 6000 Ada", 364.2, 91.1),
-    ("RTX A6000", 154.8, 38.7),
-    ("RTX 6000", 130.5, 16.3),  # Quadro RTX 6000 (Turing), fp16 tensor rate
-    ("V100", 125.0, 15.7),
-)
-
 
 @dataclasses.dataclass(frozen=True)
 class StepFlops:
@@ -142,13 +125,10 @@ def moe_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
 
 
 def peak_tflops(device_name: str | None, dtype: str) -> float | None:
-    """Peak dense TFLOP/s of a GPU for the step's dtype; None when the GPU is not in the table."""
-    if not device_name:
-        return None
-    for key, half, fp32 in PEAK_TFLOPS:
-        if key.lower() in device_name.lower():
-            return half if dtype in ("bfloat16", "float16") else fp32
-    return None
+    """Peak dense TFLOP/s of a GPU for the step's dtype (``revbench.gpus``, the table the
+    memory planner uses too); None when the GPU is not in the table."""
+    gpu = by_device_name(device_name)
+    return None if gpu is None else gpu.peak_tflops(dtype)
 
 
 def utilisation(

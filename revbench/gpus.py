@@ -1,0 +1,67 @@
+"""GPUs revbench knows: memory and peak dense rates, one table for MFU and the memory planner.
+
+Rates are the vendors' datasheet peak dense (no sparsity) TFLOP/s: bf16/fp16 on tensor cores,
+and fp32 without TF32. Memory is what ``torch.cuda.get_device_properties(...).total_memory``
+(nvidia-smi's total) reports for the card, in MiB: read on this project's own lent machines
+where marked, else the figure nvidia-smi commonly shows for that card. A device name
+(``NVIDIA H100 80GB HBM3``) is matched by the first entry whose ``match`` patterns all occur in
+it, so the more specific entries come first (H100 PCIe before H100, A10G before A10).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+MiB = 1 << 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Gpu:
+    name: str
+    """Short name for the command line (``revbench plan --gpu H100-80GB``)."""
+    match: tuple[str, ...]
+    """Substrings that all occur in ``torch.cuda.get_device_name()`` for this card."""
+    memory_bytes: int
+    bf16_tflops: float
+    fp32_tflops: float
+
+    def peak_tflops(self, dtype: str) -> float:
+        return self.bf16_tflops if dtype in ("bfloat16", "float16") else self.fp32_tflops
+
+
+GPUS: tuple[Gpu, ...] = (
+    Gpu("H100-PCIe", ("H100", "PCIe"), 81559 * MiB, 756.0, 51.2),
+    Gpu("H100-80GB", ("H100",), 81559 * MiB, 989.4, 66.9),  # SXM; 81559 MiB read here
+    Gpu("H200", ("H200",), 143771 * MiB, 989.4, 66.9),  # 143771 MiB read here
+    Gpu("H800", ("H800",), 81559 * MiB, 989.4, 66.9),
+    Gpu("A100-80GB", ("A100", "80GB"), 81920 * MiB, 312.0, 19.5),
+    Gpu("A100-40GB", ("A100",), 40960 * MiB, 312.0, 19.5),
+    Gpu("L40S", ("L40S",), 46068 * MiB, 362.1, 91.6),
+    Gpu("A10G", ("A10G",), 23028 * MiB, 70.0, 31.2),
+    Gpu("A10", ("A10",), 23028 * MiB, 125.0, 31.2),
+    Gpu("RTX6000-Ada", ("RTX 6000 Ada",), 49140 * MiB, 364.2, 91.1),
+    Gpu("RTX-A6000", ("RTX A6000",), 49140 * MiB, 154.8, 38.7),
+    Gpu("RTX6000", ("RTX 6000",), 24576 * MiB, 130.5, 16.3),  # Quadro RTX 6000 (Turing)
+    Gpu("RTX4090", ("4090",), 24564 * MiB, 165.2, 82.6),
+    Gpu("V100-32GB", ("V100", "32GB"), 32510 * MiB, 125.0, 15.7),
+    Gpu("V100-16GB", ("V100",), 16160 * MiB, 125.0, 15.7),
+)
+
+
+def by_device_name(device_name: str | None) -> Gpu | None:
+    """The table's entry for a CUDA device name, or None when it is not in the table."""
+    if not device_name:
+        return None
+    name = device_name.lower()
+    for gpu in GPUS:
+        if all(m.lower() in name for m in gpu.match):
+            return gpu
+    return None
+
+
+def by_name(name: str) -> Gpu:
+    """The entry with this short name (case-insensitive); ``KeyError`` naming the known ones."""
+    for gpu in GPUS:
+        if gpu.name.lower() == name.strip().lower():
+            return gpu
+    raise KeyError(f"unknown GPU '{name}'; known: {', '.join(g.name for g in GPUS)}")
