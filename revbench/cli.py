@@ -169,6 +169,14 @@ def _cmd_convert(args: argparse.Namespace, out: Console, err: Console) -> int:
     return EXIT_OK
 
 
+def _cmd_plan(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.plan.table import plan_table, targets
+
+    wanted = targets(args.gpu, args.memory, args.device)
+    out.print(plan_table(args.suite, wanted, device=args.device))
+    return EXIT_OK
+
+
 def _cmd_doctor(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.doctor import checks_table, parse_only, run_doctor
 
@@ -245,6 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--partition", metavar="NAME", help="slurm: the partition to submit to")
     run.set_defaults(func=_cmd_run)
+
+    pln = sub.add_parser(
+        "plan",
+        help="predict every case's peak memory and max batch (nothing runs)",
+        description="Predict each case's peak memory (parameters, gradients, optimizer state, "
+        "saved activations, the step's peak) and its largest batch on the GPUs or memory "
+        "given, from the configuration alone (revbench.plan).",
+    )
+    pln.add_argument("suite", metavar="SUITE.yaml")
+    pln.add_argument(
+        "--gpu",
+        metavar="NAMES",
+        help="comma-separated GPUs of revbench.gpus (H100-80GB,A100-40GB,...) or 'all'",
+    )
+    pln.add_argument("--memory", metavar="SIZE", help="a memory size to fit (e.g. 24GiB)")
+    pln.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="plan for this device (default: cuda with --gpu, else the case's)",
+    )
+    pln.set_defaults(func=_cmd_plan)
 
     val = sub.add_parser("validate", help="validate a suite without running it")
     val.add_argument("suite", metavar="SUITE.yaml")

@@ -41,12 +41,12 @@ class LiveBytes(TorchDispatchMode):
         out = func(*args, **kwargs)
         # Views and in-place results share an input's storage: only new storages count.
         inputs = {
-            t.untyped_storage().data_ptr()
+            _key(t)
             for t in torch.utils._pytree.tree_leaves((args, kwargs))
             if isinstance(t, torch.Tensor)
         }
         for t in torch.utils._pytree.tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu" and _key(t):
                 st = t.untyped_storage()
                 key = st.data_ptr()
                 if key and key not in self._live and key not in inputs:
@@ -54,3 +54,12 @@ class LiveBytes(TorchDispatchMode):
                     weakref.finalize(st, self._forget, key)
         self.peak = max(self.peak, self.now())
         return out
+
+
+def _key(t: torch.Tensor) -> int:
+    """The storage's address, 0 for a tensor without one (an FSDP2 parameter resharded to an
+    empty storage, a DTensor)."""
+    try:
+        return t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return 0

@@ -374,11 +374,19 @@ def _coupling_layer(block: Block) -> list[Step]:
     return [(AdditiveCoupling(0, "attn_branch"), block), (AdditiveCoupling(1, "mlp_branch"), block)]
 
 
-def _register(name: str, description: str) -> Callable[[Any], Any]:
-    """Register a reversible builder; ``reversible`` lets ModelConfig reject checkpointing."""
+def _register(
+    name: str, description: str, *, readout: str = "last", recompute: str = "block"
+) -> Callable[[Any], Any]:
+    """Register a reversible builder with its facts, read by ModelConfig (``reversible`` rejects
+    checkpointing) and by the memory planner (``revbench.plan``): ``readout`` is what the head
+    reads from the final state (``last`` slot, ``mean`` of the slots, ``concat`` of halves) and
+    ``recompute`` what one backward step recomputes (the whole ``block`` f, one of its
+    ``branches``, or ``revffn``'s adapted branches)."""
 
     def deco(fn: Callable[[ModelConfig], ReversibleLM]) -> Callable[[ModelConfig], ReversibleLM]:
         fn.reversible = True  # type: ignore[attr-defined]
+        fn.readout = readout  # type: ignore[attr-defined]
+        fn.recompute = recompute  # type: ignore[attr-defined]
         return ARCHITECTURES.register(name, description)(fn)
 
     return deco
@@ -399,12 +407,19 @@ def build_leapfrog(cfg: ModelConfig) -> ReversibleLM:
 @_register(
     "hamiltonian",
     "q += Attn(N1(p)); p += MLP(N2(q)) (Gal et al. Eqs. 2.8-2.9; the same update as revnet)",
+    readout="mean",
+    recompute="branches",
 )
 def build_hamiltonian(cfg: ModelConfig) -> ReversibleLM:
     return ReversibleLM(cfg, _coupling_layer, _mean)
 
 
-@_register("revnet", "Y1 = X1 + Attn(N1(X2)); Y2 = X2 + MLP(N2(Y1)) (Gomez et al. 2017)")
+@_register(
+    "revnet",
+    "Y1 = X1 + Attn(N1(X2)); Y2 = X2 + MLP(N2(Y1)) (Gomez et al. 2017)",
+    readout="mean",
+    recompute="branches",
+)
 def build_revnet(cfg: ModelConfig) -> ReversibleLM:
     return ReversibleLM(cfg, _coupling_layer, _mean)
 

@@ -259,7 +259,12 @@ class RevFFNLM(ReversibleLM):
         ]
 
 
-@_register("revffn", "Y1 = X1 + P1(Attn(U1 X1, U2 X2)); Y2 = X2 + P2(MoE(U3 Y1)) (Liu et al.)")
+@_register(
+    "revffn",
+    "Y1 = X1 + P1(Attn(U1 X1, U2 X2)); Y2 = X2 + P2(MoE(U3 Y1)) (Liu et al.)",
+    readout="concat",
+    recompute="revffn",
+)
 def build_revffn(cfg: ModelConfig) -> RevFFNLM:
     return RevFFNLM(cfg)
 

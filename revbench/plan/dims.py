@@ -1,0 +1,148 @@
+"""The sizes the memory planner reasons with, read from a case's settings (nothing is built).
+
+Byte widths: ``s`` is the dtype of the parameters and of the residual stream (4 in float32, 8
+when the case trains in float64); ``a`` is the dtype of matrix-product outputs (2 under
+bf16/fp16 autocast, else ``s``); ``st`` is the dtype of normalisation statistics, attention
+log-sum-exps and router probabilities (8 in float64, else 4: they stay float32 under autocast).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from revbench.models import ARCHITECTURES
+from revbench.models.config import ModelConfig, is_reversible
+
+INT64 = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    cfg: ModelConfig
+    B: int
+    """Sequences per step (per rank in a parallel case)."""
+    T: int
+    """Sequence length."""
+    s: int
+    a: int
+    st: int
+    autocast: bool
+    device: str
+    """cpu or cuda: the attention kernel's output layout and the allocator differ."""
+    optimizer: str
+    world_size: int
+    parallel: str
+
+    @property
+    def N(self) -> int:
+        """Tokens of one step on one device."""
+        return self.B * self.T
+
+    @property
+    def d(self) -> int:
+        return self.cfg.d_model
+
+    @property
+    def F(self) -> int:
+        return self.cfg.d_ff
+
+    @property
+    def H(self) -> int:
+        return self.cfg.n_heads
+
+    @property
+    def kv(self) -> int:
+        """Width of the key (and of the value) projection: kv heads x head size."""
+        return self.cfg.kv_heads * self.cfg.head_dim
+
+    @property
+    def V(self) -> int:
+        return self.cfg.vocab_size
+
+    @property
+    def L(self) -> int:
+        return self.cfg.n_layers
+
+    @property
+    def llama(self) -> bool:
+        return self.cfg.block == "llama"
+
+    @property
+    def reversible(self) -> bool:
+        return is_reversible(self.cfg.arch)
+
+    @property
+    def readout(self) -> str:
+        """What the head reads from a reversible model's final state (the registry's fact)."""
+        return getattr(ARCHITECTURES.get(self.cfg.arch), "readout", "last")
+
+    @property
+    def recompute(self) -> str:
+        """What one backward step of a reversible model recomputes (the registry's fact)."""
+        return getattr(ARCHITECTURES.get(self.cfg.arch), "recompute", "block")
+
+    @property
+    def moe(self) -> bool:
+        """The FFN is routed experts (``moe``, or ``revffn`` with experts)."""
+        return self.cfg.n_experts > 0
+
+    @property
+    def slot(self) -> int:
+        """Bytes of one (B, T, d) tensor of the residual stream."""
+        return self.s * self.N * self.d
+
+    def charge(self, nbytes: int) -> int:
+        """Bytes a tensor of ``nbytes`` takes from its allocator.
+
+        CPU (glibc malloc with ``MALLOC_MMAP_THRESHOLD_=65536``, as revbench's memory
+        processes run): a tensor of 64 KiB or more gets its own mapping, its size rounded up
+        to whole 4 KiB pages plus the page that malloc's chunk header and PyTorch's 64-byte
+        alignment spill into (measured: 4 KiB per such tensor); smaller ones come from the
+        heap. CUDA (PyTorch's caching allocator): sizes rounded up to 512 bytes."""
+        if self.device == "cuda":
+            return -(-nbytes // 512) * 512
+        if nbytes >= 65536:
+            return -(-nbytes // 4096) * 4096 + 4096
+        return nbytes
+
+    def with_batch(self, B: int) -> Dims:
+        return dataclasses.replace(self, B=B)
+
+    def with_seq(self, T: int) -> Dims:
+        return dataclasses.replace(self, T=T)
+
+
+_BYTES = {"float32": 4, "float64": 8, "bfloat16": 4, "float16": 4}
+
+
+def dims_of(model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> Dims:
+    """``Dims`` of a case's model, data and train sections (plain dicts, as ``Case`` holds)."""
+    cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
+    dtype = train.get("dtype", "float32")
+    autocast = dtype in ("bfloat16", "float16")
+    s = _BYTES[dtype]
+    device = train.get("device", "auto")
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    parallel = train.get("parallel", "none")
+    return Dims(
+        cfg=cfg,
+        B=int(data["batch_size"]),
+        T=int(data["seq_len"]),
+        s=s,
+        a=2 if autocast else s,
+        st=8 if dtype == "float64" else 4,
+        autocast=autocast,
+        device=device,
+        optimizer=train.get("optimizer", "adamw"),
+        world_size=int(train.get("nproc_per_node", 1)) if parallel != "none" else 1,
+        parallel=parallel,
+    )
+
+
+def _cuda_available() -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")  # never import torch (and CUDA) just to plan
+    return bool(torch is not None and torch.cuda.is_available())

@@ -1,0 +1,992 @@
+"""One training step replayed from the model's shapes: forward, backward, optimizer step.
+
+Each function below mirrors one piece of the model code (``models/blocks.py``, ``output.py``,
+``moe.py``, ``reversible.py``, ``schemes.py``) and books what it allocates and when it lets go
+on a ``Timeline``. The rules are PyTorch's, read off its autograd formulas and checked against
+per-op traces of live tensors (tests/test_plan.py compares the replay with such a trace):
+
+* forward: an op's output lives while a variable or a saved-tensor slot holds it; what an op
+  saves (``saved.py``) is held by its node until that node's backward has run;
+* backward: a node receives its output's gradient, makes gradients for its inputs (and its
+  parameters, which stay: ``.grad``), and lets go of its saved tensors and the incoming
+  gradient; an input reached by two gradients sums them (a new tensor, unless the first is
+  held by nobody else, when the engine adds in place);
+* Linear's backward makes the input gradient, then the weight's; under autocast both are made
+  in bf16/fp16 and cast back to the float32 of the input and the parameter;
+* attention's backward makes dq, dk, dv, which the split of the fused qkv product then
+  concatenates into one gradient.
+"""
+
+from __future__ import annotations
+
+from revbench.plan.dims import INT64, Dims
+from revbench.plan.timeline import Buf, Timeline
+
+
+class Step:
+    """The replay of one training step on a ``Timeline``; ``param_grads`` accumulates the
+    bytes of parameter gradients as they are made (they stay until the optimizer step)."""
+
+    def __init__(self, D: Dims, tl: Timeline) -> None:
+        self.D, self.tl = D, tl
+        self.casts: list[Buf] = []  # autocast's cache of weight casts, dropped at forward end
+        # data parallelism (``measure/parallel.py``): DDP's gradient buckets; FSDP2's whole
+        # parameters of the blocks being computed, whole gradients awaiting reduce-scatter
+        self.buckets: Buf | None = None
+        self.whole: Buf | None = None
+        self.block_grads: list[Buf] = []
+        self.in_flight: Buf | None = None
+        from revbench.plan.params import block_shapes, root_shapes
+
+        self.block_bytes = D.s * sum(block_shapes(D.cfg))
+        self.root_bytes = D.s * sum(root_shapes(D.cfg))
+
+    # --- parameters and gradients -----------------------------------------------------------
+
+    def param_grad(self, n_params: int, name: str) -> None:
+        """A parameter's gradient: float32 (bf16 made first under autocast, then cast)."""
+        D, tl = self.D, self.tl
+        if D.autocast:
+            tl.temp(2 * n_params, f"{name} grad (bf16)")
+        grad = tl.new(D.s * n_params, f"{name} grad")  # stays: .grad
+        if D.parallel == "ddp" and self.buckets is None:
+            # DDP copies gradients into flat buckets for its all-reduce: all of them, from the
+            # first gradient on
+            from revbench.plan.params import grad_bytes
+
+            self.buckets = tl.new(grad_bytes(D), "DDP gradient buckets")
+        if D.parallel == "fsdp":
+            self.block_grads.append(grad)
+
+    # --- FSDP2: whole parameters around a block, gradients reduce-scattered -------------------
+
+    def unshard(self) -> None:
+        """A block's parameters all-gathered, and the next one's in flight (FSDP2 prefetch)."""
+        if self.D.parallel == "fsdp":
+            self.whole = self.tl.new(2 * self.block_bytes, "unsharded blocks")
+
+    def reshard(self) -> None:
+        if self.whole is not None:
+            self.tl.drop(self.whole)
+            self.whole = None
+
+    def reduce_scatter(self) -> None:
+        """A block's whole gradients averaged and scattered: its shards stay, the whole ones
+        go once copied into the collective's send buffer, which lives until the next block's
+        reduce-scatter starts (one in flight)."""
+        D, tl = self.D, self.tl
+        if D.parallel != "fsdp":
+            return
+        total = sum(g.nbytes for g in self.block_grads)
+        send = tl.new(total, "reduce-scatter send buffer")
+        tl.new(-(-total // D.world_size), "gradient shards")
+        tl.drop(*self.block_grads, self.in_flight)
+        self.block_grads, self.in_flight = [], send
+        self.reshard()
+
+    # --- Linear -----------------------------------------------------------------------------
+
+    def linear(
+        self,
+        x: Buf,
+        rows: int,
+        n_in: int,
+        n_out: int,
+        name: str,
+        weight_cast: bool = True,
+        cast: bool = True,
+    ) -> tuple[Buf, list[Buf]]:
+        """(output, saved) of ``x @ W^T`` on ``rows`` rows. The caller keeps its own reference
+        to ``x``. Under autocast the input is cast (``cast``: it is float32; a bf16 input is
+        used as is) and the weight's cast comes from autocast's cache (``weight_cast``: this
+        Linear's weight is a parameter)."""
+        D, tl = self.D, self.tl
+        if D.autocast:
+            if cast:
+                saved = [tl.new(2 * rows * n_in, f"{name} input cast")]
+            else:
+                tl.hold(x)
+                saved = [x]
+            if weight_cast:
+                wc = tl.new(2 * n_in * n_out, f"{name} weight cast")
+                self.casts.append(wc)  # the cache's reference
+                tl.hold(wc)
+                saved.append(wc)
+            return tl.new(2 * rows * n_out, f"{name} output"), saved
+        tl.hold(x)
+        return tl.new(D.s * rows * n_out, f"{name} output"), [x]
+
+    def linear_back(
+        self,
+        g: Buf,
+        saved: list[Buf],
+        rows: int,
+        n_in: int,
+        n_out: int,
+        name: str,
+        input_fp32: bool = True,
+    ) -> Buf:
+        """The input's gradient (then the weight's); lets go of ``saved`` and ``g``."""
+        D, tl = self.D, self.tl
+        if D.autocast:
+            gi = tl.new(2 * rows * n_in, f"{name} input grad (bf16)")
+            self.param_grad(n_in * n_out, name)
+            tl.drop(*saved, g)
+            if input_fp32:  # the cast's backward: back to the float32 input
+                g32 = tl.new(4 * rows * n_in, f"{name} input grad")
+                tl.drop(gi)
+                return g32
+            return gi
+        gi = tl.new(D.s * rows * n_in, f"{name} input grad")
+        self.param_grad(n_in * n_out, name)
+        tl.drop(*saved, g)
+        return gi
+
+    # --- norms ------------------------------------------------------------------------------
+
+    def norm(self, x: Buf, name: str) -> tuple[Buf, list[Buf]]:
+        """LayerNorm (fused) or RMSNorm (composite: x^2, mean, rsqrt, x * rstd, * weight)."""
+        D, tl = self.D, self.tl
+        tl.hold(x)
+        if D.llama:
+            sq = tl.new(D.slot, f"{name} x^2")
+            ms = tl.new(D.st * D.N, f"{name} mean")
+            tl.drop(sq)
+            rstd = tl.new(D.st * D.N, f"{name} rstd")
+            tl.drop(ms)
+            xn = tl.new(D.slot, f"{name} normalised")
+            out = tl.new(D.slot, f"{name} output")
+            return out, [x, rstd, xn]
+        out = tl.new(D.slot, f"{name} output")
+        stats = tl.new(2 * D.st * D.N, f"{name} mean, rstd")
+        return out, [x, stats]
+
+    def norm_back(self, g: Buf, saved: list[Buf], name: str) -> Buf:
+        D, tl = self.D, self.tl
+        if D.llama:  # composite backward: weight product, x * rstd product, mean, power
+            x, rstd, xn = saved
+            g_xn = tl.new(D.slot, f"{name} grad of normalised")
+            tl.temp(D.slot, f"{name} weight grad product")
+            self.param_grad(D.d, name)
+            tl.drop(xn, g)
+            part = tl.new(D.slot, f"{name} grad via rstd")
+            tl.temp(D.slot, f"{name} rstd grad product")
+            tl.drop(g_xn, rstd)
+            mean_g = tl.new(D.slot, f"{name} mean grad")
+            sq_g = tl.new(D.slot, f"{name} power grad")
+            tl.temp(D.slot, f"{name} power grad product")
+            tl.drop(mean_g, x)
+            tl.drop(part)
+            out = tl.new(D.slot, f"{name} input grad")
+            tl.drop(sq_g)
+            return out
+        out = tl.new(D.slot, f"{name} input grad")
+        self.param_grad(2 * D.d, name)
+        tl.drop(*saved, g)
+        return out
+
+    # --- attention --------------------------------------------------------------------------
+
+    def attention(self, x: Buf, where: str = "attention") -> tuple[Buf, dict]:
+        """Attn(N1(x)) (``CausalSelfAttention`` on the normalised x); returns (output, state)."""
+        D, tl = self.D, self.tl
+        N, d, kv = D.N, D.d, D.kv
+        n1, norm_saved = self.norm(x, f"{where} norm")
+        qkv, qkv_saved = self.linear(n1, N, d, d + 2 * kv, f"{where} qkv")
+        tl.hold(qkv)  # q, k, v are views of it; attention saves them (v at least)
+        sdpa_saved = [qkv]
+        if D.llama:  # rotary: q and k rotated into new tensors; cos/sin saved by the products
+            half = D.cfg.head_dim // 2
+            sdpa_saved.append(tl.new(4 * D.T * half * (8 if D.st == 8 else 4), "rotary cos/sin"))
+            for part, width in (("q", d), ("k", kv)):
+                w = 4 if D.autocast else D.s  # the rotation runs in float32 (float64 kept)
+                up = tl.new(w * N * width, f"{where} {part} upcast") if D.autocast else None
+                quarter = w * N * width // 2
+                terms = [tl.new(quarter, f"{where} {part} rotary term") for _ in range(4)]
+                pair = [tl.new(quarter, f"{where} {part} rotary sum") for _ in range(2)]
+                tl.drop(*terms)
+                rot = tl.new(w * N * width, f"{where} {part} rotated")
+                tl.drop(*pair, up)
+                if D.autocast:
+                    cast = tl.new(2 * N * width, f"{where} {part} rotated (cast)")
+                    tl.drop(rot)
+                    rot = cast
+                sdpa_saved.append(rot)
+        out = tl.new(D.a * N * d, f"{where} attention output")
+        sdpa_saved += [out, tl.new(D.st * D.B * D.H * D.T, f"{where} log-sum-exp")]
+        tl.hold(out)
+        tl.drop(qkv, n1)
+        y = out
+        if D.device == "cpu" and D.llama:  # the CPU kernel's output follows q's layout
+            y = tl.new(D.a * N * d, f"{where} attention output (contiguous)")
+            tl.drop(out)
+        proj, proj_saved = self.linear(y, N, d, d, f"{where} proj", cast=False)
+        tl.drop(y)
+        state = {"norm": norm_saved, "qkv": qkv_saved, "sdpa": sdpa_saved, "proj": proj_saved}
+        return proj, state
+
+    def attention_back(self, g: Buf, st: dict, where: str = "attention") -> Buf:
+        D, tl = self.D, self.tl
+        N, d, kv = D.N, D.d, D.kv
+        g_y = self.linear_back(g, st["proj"], N, d, d, f"{where} proj", input_fp32=False)
+        grads = [tl.new(D.a * N * w, f"{where} d{p}") for p, w in (("q", d), ("k", kv), ("v", kv))]
+        tl.drop(*st["sdpa"], g_y)
+        if D.llama:  # rotary backward of dq, dk: four half-width products, then a stack
+            for i, width in ((0, d), (1, kv)):
+                w = 4 if D.autocast else D.s
+                terms = [tl.new(w * N * width // 2, f"{where} rotary grad term") for _ in range(4)]
+                new = tl.new(D.a * N * width, f"{where} rotary grad")
+                tl.drop(*terms, grads[i])
+                grads[i] = new
+        g_qkv = tl.new(D.a * N * (d + 2 * kv), f"{where} qkv grad")  # split's backward: a cat
+        tl.drop(*grads)
+        g_n1 = self.linear_back(g_qkv, st["qkv"], N, d, d + 2 * kv, f"{where} qkv")
+        return self.norm_back(g_n1, st["norm"], f"{where} norm")
+
+    # --- MLPs -------------------------------------------------------------------------------
+
+    def mlp(
+        self,
+        x: Buf,
+        where: str = "mlp",
+        rows: int = 0,
+        width: int = 0,
+        swiglu: bool | None = None,
+        weight_cast: bool = True,
+        normed: bool = True,
+    ) -> tuple[Buf, dict]:
+        """MLP(N2(x)): GELU (gpt2) or SwiGLU (llama, experts); ``normed`` False when ``x`` is
+        the normalised input already (the experts)."""
+        D, tl = self.D, self.tl
+        rows, F, d = rows or D.N, width or D.F, D.d
+        st: dict = {"norm": []}
+        if normed:
+            h, st["norm"] = self.norm(x, f"{where} norm")
+        else:
+            h = x
+            tl.hold(h)
+        if D.llama if swiglu is None else swiglu:
+            gate, st["gate"] = self.linear(h, rows, d, F, f"{where} gate", weight_cast)
+            up, st["up"] = self.linear(h, rows, d, F, f"{where} up", weight_cast)
+            silu = tl.new(D.a * rows * F, f"{where} silu")
+            prod = tl.new(D.a * rows * F, f"{where} gated")
+            tl.hold(gate, silu, up)  # saved by silu (its input) and by the product (both)
+            st["silu"], st["mul"] = [gate], [silu, up]
+            out, st["proj"] = self.linear(
+                prod, rows, F, d, f"{where} proj", weight_cast, cast=False
+            )
+            tl.drop(gate, up, silu, prod, h)
+            st["swiglu"] = True
+            return out, st
+        fc, st["fc"] = self.linear(h, rows, d, F, f"{where} fc", weight_cast)
+        act = tl.new(D.a * rows * F, f"{where} gelu")
+        tl.hold(fc)  # saved by GELU
+        st["gelu"] = [fc]
+        out, st["proj"] = self.linear(act, rows, F, d, f"{where} proj", weight_cast, cast=False)
+        tl.drop(fc, act, h)
+        st["swiglu"] = False
+        return out, st
+
+    def mlp_back(self, g: Buf, st: dict, where: str = "mlp", rows: int = 0, width: int = 0) -> Buf:
+        D, tl = self.D, self.tl
+        rows, F, d = rows or D.N, width or D.F, D.d
+        g_act = self.linear_back(g, st["proj"], rows, F, d, f"{where} proj", input_fp32=False)
+        if st["swiglu"]:
+            g_silu = tl.new(D.a * rows * F, f"{where} silu grad")
+            g_up = tl.new(D.a * rows * F, f"{where} up grad")
+            tl.drop(*st["mul"], g_act)
+            g_gate = tl.new(D.a * rows * F, f"{where} gate grad")
+            tl.drop(*st["silu"], g_silu)
+            gh = self.linear_back(g_up, st["up"], rows, d, F, f"{where} up")
+            second = self.linear_back(g_gate, st["gate"], rows, d, F, f"{where} gate")
+            tl.drop(second)  # summed into the first in place (nobody else holds it)
+        else:
+            g_fc = tl.new(D.a * rows * F, f"{where} gelu grad")
+            tl.drop(*st["gelu"], g_act)
+            gh = self.linear_back(g_fc, st["fc"], rows, d, F, f"{where} fc")
+        if st["norm"]:
+            return self.norm_back(gh, st["norm"], f"{where} norm")
+        return gh
+
+    # --- residual block ---------------------------------------------------------------------
+
+    def ffn(self, x: Buf) -> tuple[Buf, dict]:
+        """The block's FFN on ``x`` (its norm included): dense MLP or MoE."""
+        if self.D.moe:
+            return self.moe(x)
+        return self.mlp(x)
+
+    def ffn_back(self, g: Buf, st: dict) -> Buf:
+        return self.moe_back(g, st) if st.get("moe") else self.mlp_back(g, st)
+
+    def f(self, p: Buf) -> tuple[Buf, dict]:
+        """f(p) = a + FFN(p + a), a = Attn(N1(p)) (``Block.f``; the MoE block likewise)."""
+        D, tl = self.D, self.tl
+        a, ast = self.attention(p)
+        x2 = tl.new(D.slot, "p + a")
+        m, mst = self.ffn(x2)
+        tl.drop(x2)
+        out = tl.new(D.a * D.N * D.d, "a + ffn")
+        tl.drop(a, m)
+        return out, {"attn": ast, "ffn": mst}
+
+    def f_back(self, g_out: Buf, st: dict, p_grad: Buf | None = None) -> Buf:
+        """Gradient of p from ``g_out``, the gradient of f(p) = a + FFN(p + a); ``p_grad`` is a
+        gradient p already has (the residual's direct path), else None.
+
+        The sum's backward hands ``g_out`` to a and to the FFN; p + a hands the FFN's input
+        gradient to p and to a. a's two gradients sum into a new tensor (in place under
+        autocast, where a's is a bf16 copy of its own), as do p's when it had one."""
+        D, tl = self.D, self.tl
+        tl.hold(g_out)  # the FFN path's reference; the caller's is a's
+        g_x2 = self.ffn_back(g_out, st["ffn"])
+        if p_grad is None:
+            p_buf = g_x2
+        else:
+            p_buf = tl.new(D.slot, "grad of p (sum)")
+            tl.drop(p_grad)
+        if D.autocast:
+            tl.temp(D.a * D.N * D.d, "grad of p + a (cast)")
+            g_a = g_out
+        else:
+            g_a = tl.new(D.slot, "grad of a (sum)")
+            tl.drop(g_out)
+        if p_buf is not g_x2:
+            tl.drop(g_x2)
+        g_pa = self.attention_back(g_a, st["attn"])
+        tl.drop(g_pa)  # added into p's gradient in place
+        return p_buf
+
+    def block(self, p: Buf) -> tuple[Buf, dict]:
+        """The residual block p + f(p)."""
+        D, tl = self.D, self.tl
+        fo, st = self.f(p)
+        out = tl.new(D.slot, "block output")
+        tl.drop(fo)
+        return out, st
+
+    def block_back(self, g: Buf, st: dict) -> Buf:
+        """p + f(p): p gets ``g`` directly and through f (f's gradient is a bf16 copy of g under
+        autocast, g itself otherwise)."""
+        D, tl = self.D, self.tl
+        if D.autocast:
+            g_f = tl.new(D.a * D.N * D.d, "grad of f (cast)")
+        else:
+            g_f = g
+            tl.hold(g)
+        return self.f_back(g_f, st, p_grad=g)
+
+    # --- embedding, head, loss --------------------------------------------------------------
+
+    def embedding(self) -> Buf:
+        D, tl = self.D, self.tl
+        tok = tl.new(D.slot, "token embeddings")
+        if D.llama:
+            return tok
+        ids = tl.new(INT64 * D.T, "position ids")  # saved by the position embedding
+        pos = tl.new(D.s * D.T * D.d, "position embeddings")
+        x = tl.new(D.slot, "embeddings")
+        tl.drop(tok, pos)
+        self.pos_ids = ids
+        return x
+
+    def embedding_back(self, g: Buf) -> None:
+        D, tl = self.D, self.tl
+        c = D.cfg
+        if not D.llama:  # the position table's gradient, summed over the batch
+            tl.temp(D.s * D.T * D.d, "position embedding grad (sum)")
+            tl.new(D.s * c.max_seq_len * D.d, "position embedding grad")
+            tl.drop(self.pos_ids)
+        dense = tl.new(D.s * D.V * D.d, "token embedding grad")
+        if c.tie_embeddings:  # added into the head's gradient of the same weight
+            tl.drop(dense)
+        tl.drop(g)
+
+    def head(self, h: Buf) -> dict:
+        """Final norm, projection, next-token cross-entropy (full, chunked, or Liger)."""
+        D, tl = self.D, self.tl
+        c = D.cfg
+        hf, norm_saved = self.norm(h, "final norm")
+        targets = tl.new(INT64 * D.N, "targets")
+        st: dict = {"norm": norm_saved, "targets": targets}
+        if c.head_chunk_tokens or c.head_impl != "torch":
+            chunk = min(c.head_chunk_tokens or D.T, D.N)
+            st.update(chunk=chunk, hidden=hf, valid=tl.new(D.N, "valid targets"))
+            acc = D.st
+            wc = tl.new(2 * D.V * D.d, "head weight cast") if D.autocast else None
+            for _ in range(1):  # every chunk alike: the peak of one
+                if D.autocast:
+                    tl.temp(2 * chunk * D.d, "chunk hidden cast")
+                    prod = tl.new(2 * chunk * D.V, "chunk logits (bf16)")
+                    logits = tl.new(acc * chunk * D.V, "chunk logits")
+                    tl.drop(prod)
+                else:
+                    logits = tl.new(acc * chunk * D.V, "chunk logits")
+                tl.temp(acc * chunk * D.V, "chunk log-sum-exp work")
+                tl.drop(logits)
+            tl.drop(wc)
+            return st
+        logits, st["proj"] = self.linear(hf, D.N, D.d, D.V, "head")
+        tl.drop(hf)
+        wide = logits
+        if D.autocast:  # cross-entropy in float32
+            wide = tl.new(4 * D.N * D.V, "logits in float32")
+        st["lsm"] = tl.new(D.st * D.N * D.V, "log-softmax")
+        if wide is not logits:
+            tl.drop(wide)
+        st["logits"] = logits  # held by the model's output until the step's loss returns
+        return st
+
+    def end_forward(self, st: dict) -> None:
+        """The forward is over: the output's logits and autocast's weight casts go."""
+        self.tl.drop(st.get("logits"))
+        self.flush_casts()
+
+    def flush_casts(self) -> None:
+        """An autocast region ends: its cache of weight casts goes (what is saved stays). In
+        the backward each recompute (checkpointing, a reversible step) is its own region."""
+        for wc in self.casts:
+            self.tl.drop(wc)
+        self.casts = []
+
+    def head_back(self, st: dict) -> Buf:
+        D, tl = self.D, self.tl
+        if "chunk" in st:
+            chunk = st["chunk"]
+            d_hidden = tl.new(D.slot, "head hidden grad")
+            self.param_grad(D.V * D.d, "head")
+            if D.autocast:
+                wc = tl.new(2 * D.V * D.d, "head weight cast")
+                prod = tl.new(2 * chunk * D.V, "chunk logits (bf16)")
+                logits = tl.new(D.st * chunk * D.V, "chunk logits")
+                tl.drop(prod)
+                tl.temp(D.st * chunk * D.V, "chunk log-sum-exp work")
+                dl = tl.new(2 * chunk * D.V, "chunk logits grad (bf16)")
+                tl.drop(logits)
+                tl.temp(2 * chunk * D.d, "chunk hidden grad")
+                tl.temp(2 * D.V * D.d, "chunk weight grad (bf16)")
+                tl.drop(dl, wc)
+            else:
+                logits = tl.new(D.st * chunk * D.V, "chunk logits")
+                tl.temp(D.st * chunk * D.V, "chunk log-sum-exp work")
+                tl.temp(D.st * chunk * D.d, "chunk hidden grad")
+                tl.drop(logits)
+            tl.drop(st["hidden"], st["valid"], st["targets"])
+            return self.norm_back(d_hidden, st["norm"], "final norm")
+        g_lsm = tl.new(D.st * D.N * D.V, "nll grad")
+        g_logits = tl.new(D.st * D.N * D.V, "log-softmax grad")
+        tl.drop(st["lsm"], g_lsm, st["targets"])
+        if D.autocast:
+            g16 = tl.new(2 * D.N * D.V, "logits grad (bf16)")
+            tl.drop(g_logits)
+            g_logits = g16
+        g_hf = self.linear_back(g_logits, st["proj"], D.N, D.d, D.V, "head")
+        return self.norm_back(g_hf, st["norm"], "final norm")
+
+    # --- mixture of experts -----------------------------------------------------------------
+
+    def moe(self, x: Buf, normed: bool = True) -> tuple[Buf, dict]:
+        """N2, then ``MoE.forward``: route, dispatch, experts (every token runs top_k of them;
+        the planner takes the routing as balanced, N k / E rows per expert, which only
+        matters for the one expert being backpropagated), combine, shared expert, aux."""
+        D, tl = self.D, self.tl
+        c = D.cfg
+        N, d, E, k = D.N, D.d, c.n_experts, c.top_k
+        rp = D.st
+        if normed:
+            h, norm_saved = self.norm(x, "moe norm")
+        else:
+            h, norm_saved = x, []
+            tl.hold(h)
+        st: dict = {"moe": True, "norm": norm_saved}
+        logits, st["router"] = self.linear(h, N, d, E, "router")
+        probs = tl.new(rp * N * E, "router probabilities")
+        tl.drop(logits)
+        w = tl.new(rp * N * k, "top-k weights")
+        idx = tl.new(INT64 * N * k, "top-k indices")
+        st["topk"] = [idx]
+        if c.norm_topk_prob:
+            total = tl.new(rp * N, "top-k sum")
+            wn = tl.new(rp * N * k, "normalised weights")
+            st["div"] = [w, total]
+            w = wn
+        order = tl.new(INT64 * N * k, "dispatch order")
+        disp = tl.new(INT64 * N * k, "dispatch index")  # saved by index_select
+        tokens = tl.new(D.s * N * k * d, "gathered tokens")
+        rows = _expert_rows(N * k, E)
+        outs = []
+        st["experts"] = []
+        for e in range(E):  # each expert on its rows: SwiGLU, weights cast per expert
+            out, est = self.mlp(tokens, f"expert {e}", rows=rows[e], swiglu=True, normed=False)
+            st["experts"].append(est)
+            outs.append(out)
+        tl.drop(tokens)  # the experts' Linears hold it (float32) or their casts
+        cat = tl.new(D.a * N * k * d, "expert outputs")
+        tl.drop(*outs)
+        inv = tl.new(INT64 * N * k, "combine index")
+        back = tl.new(D.a * N * k * d, "expert outputs in slot order")
+        tl.drop(cat, order)
+        wcast = tl.new(2 * N * k, "weights cast") if D.autocast else w
+        if not D.autocast:
+            tl.hold(w)
+        prod = tl.new(D.a * N * k * d, "weighted outputs")
+        st["combine"] = [back, wcast, inv, disp]
+        tl.drop(w)
+        y = tl.new(D.a * N * d, "moe output")
+        tl.drop(prod)
+        if c.shared_expert:
+            width = c.d_ff_shared or c.d_ff
+            gate, st["shared_gate"] = self.linear(h, N, d, 1, "shared gate")
+            sig = tl.new(D.a * N, "shared gate sigmoid")
+            tl.drop(gate)
+            so, st["shared"] = self.mlp(h, "shared expert", width=width, swiglu=True, normed=False)
+            sm = tl.new(D.a * N * d, "gated shared output")
+            st["shared_mul"] = [sig, so]
+            y2 = tl.new(D.a * N * d, "moe + shared output")
+            tl.drop(y, sm)
+            y = y2
+        st["aux"] = [tl.new(rp * E, "routed fractions")]
+        st["probs"] = probs
+        tl.drop(h)
+        st["rows"] = rows
+        return y, st
+
+    def moe_back(self, g: Buf, st: dict) -> Buf:
+        D, tl = self.D, self.tl
+        c = D.cfg
+        N, d, E, k = D.N, D.d, c.n_experts, c.top_k
+        rp = D.st
+        gh_parts: list[Buf] = []
+        if c.shared_expert:
+            width = c.d_ff_shared or c.d_ff
+            sig, so = st["shared_mul"]
+            g_so = tl.new(D.a * N * d, "shared output grad")
+            tl.temp(D.a * N * d, "shared gate grad product")
+            g_sig = tl.new(D.a * N, "shared gate grad")
+            tl.drop(sig, so)
+            gh_parts.append(self.mlp_back(g_so, st["shared"], "shared expert", width=width))
+            gh_parts.append(self.linear_back(g_sig, st["shared_gate"], N, d, 1, "shared gate"))
+        tl.drop(*st["aux"])
+        back, wcast, inv, disp = st["combine"]
+        g_back = tl.new(D.a * N * k * d, "grad of slot-order outputs")
+        tl.temp(D.a * N * k * d, "grad of weights (product)")
+        g_w = tl.new(rp * N * k, "grad of weights")
+        tl.drop(back, wcast, g)
+        g_cat = tl.new(D.a * N * k * d, "grad of expert outputs")
+        tl.drop(g_back, inv)
+        g_rows = []
+        for e in reversed(range(E)):
+            tl.hold(g_cat)
+            rows = st["rows"][e]
+            g_rows.append(self.mlp_back(g_cat, st["experts"][e], f"expert {e}", rows=rows))
+        tl.drop(g_cat)
+        g_tokens = tl.new(D.s * N * k * d, "grad of gathered tokens")
+        tl.drop(*g_rows)
+        g_h = tl.new(D.slot, "grad of moe input (scatter)")
+        tl.drop(g_tokens, disp)
+        if c.norm_topk_prob:  # through the division, then top-k's scatter, softmax, router
+            tl.temp(rp * N * k, "grad of weights before normalising")
+            tl.drop(*st["div"])
+        g_probs = tl.new(rp * N * E, "grad of probabilities (scatter)")
+        tl.drop(g_w, *st["topk"])
+        g_logits = tl.new(rp * N * E, "grad of router logits")
+        tl.drop(g_probs, st["probs"])
+        gh_parts.append(self.linear_back(g_logits, st["router"], N, d, E, "router"))
+        tl.drop(*gh_parts)  # summed into g_h in place
+        if not st["norm"]:
+            return g_h
+        return self.norm_back(g_h, st["norm"], "moe norm")
+
+    # --- the MoE residual block (MoEBlock.forward) ------------------------------------------
+
+    def moe_block(self, p: Buf) -> tuple[Buf, dict]:
+        """x2 = p + Attn(N1(p)); out = x2 + MoE(N2(x2))."""
+        D, tl = self.D, self.tl
+        a, ast = self.attention(p)
+        x2 = tl.new(D.slot, "p + a")
+        tl.drop(a)
+        y, mst = self.moe(x2)
+        out = tl.new(D.slot, "block output")
+        tl.drop(y, x2)
+        return out, {"attn": ast, "ffn": mst}
+
+    def moe_block_back(self, g: Buf, st: dict) -> Buf:
+        D, tl = self.D, self.tl
+        g_y = tl.new(D.a * D.N * D.d, "grad of moe output (cast)") if D.autocast else g
+        if not D.autocast:
+            tl.hold(g)
+        g_moe = self.moe_back(g_y, st["ffn"])
+        g_x2 = tl.new(D.slot, "grad of p + a (sum)")
+        tl.drop(g, g_moe)
+        tl.hold(g_x2)  # p's and a's (the same tensor)
+        g_pa = self.attention_back(g_x2, st["attn"])
+        tl.drop(g_pa)  # into p's, in place
+        return g_x2
+
+    # --- trunks -----------------------------------------------------------------------------
+
+    def residual_trunk(self, x: Buf) -> tuple[Buf, list]:
+        """Baseline or MoE blocks; with checkpointing each block keeps only its input and its
+        forward's saved tensors go as it runs (they are recomputed in backward)."""
+        D, tl = self.D, self.tl
+        run = self.moe_block if D.moe else self.block
+        states = []
+        for _ in range(D.L):
+            self.unshard()
+            out, st = run(x)
+            self.reshard()
+            if D.cfg.checkpointing:
+                _release(tl, st)
+                tl.hold(x)  # the checkpoint's saved input
+                states.append(x)
+            else:
+                states.append(st)
+            tl.drop(x)
+            x = out
+        return x, states
+
+    def residual_trunk_back(self, g: Buf, states: list) -> Buf:
+        D, tl = self.D, self.tl
+        run = self.moe_block if D.moe else self.block
+        back = self.moe_block_back if D.moe else self.block_back
+        for st in reversed(states):
+            self.unshard()
+            if D.cfg.checkpointing:  # recompute the block, saving, then backpropagate it
+                x = st
+                out, st = run(x)
+                self.flush_casts()
+                tl.drop(out, x)
+            g = back(g, st)
+            self.reduce_scatter()
+        return g
+
+    def reversible_trunk(self, x: Buf) -> tuple[Buf, list[Buf]]:
+        """The Function's forward: every step without saving; the final state is kept."""
+        D, tl = self.D, self.tl
+        if D.recompute == "revffn":
+            return self.revffn_trunk(x)
+        steps = self._steps()
+        prev, cur = x, x
+        tl.hold(x, x)  # both slots start as the embedding
+        for i, kind in enumerate(steps):
+            if self._block_starts(steps, i):
+                self.unshard()
+            prev, cur = self._forward_step(kind, prev, cur)
+            if self._block_ends(steps, i):
+                self.reshard()
+        tl.drop(x)  # the embedding's variable
+        return self._readout(prev, cur), [prev, cur]
+
+    def _steps(self) -> list[str]:
+        D = self.D
+        if D.recompute == "branches":
+            return ["attn", "mlp"] * D.L
+        euler = D.cfg.init_state == "euler"
+        return (["euler"] if euler else []) + ["f"] * D.L
+
+    @staticmethod
+    def _block_starts(steps: list[str], i: int) -> bool:
+        """Whether step i is the first of its block's run (the Euler start and layer 1 share
+        block 0; a coupling layer is two steps on one block)."""
+        return not (steps[i] == "mlp" or (i == 1 and steps[0] == "euler"))
+
+    @staticmethod
+    def _block_ends(steps: list[str], i: int) -> bool:
+        return i + 1 == len(steps) or Step._block_starts(steps, i + 1)
+
+    def _forward_step(self, kind: str, prev: Buf, cur: Buf) -> tuple[Buf, Buf]:
+        D, tl = self.D, self.tl
+        if kind == "f" or kind == "euler":
+            src = prev if kind == "euler" else cur
+            fo, st = self.f(src)
+            _release(tl, st)
+            new = tl.new(D.slot, "next state")
+            tl.drop(fo)
+            if kind == "euler":
+                return prev, new
+            tl.drop(prev)
+            return cur, new
+        # coupling half-steps: q += Attn(N1(p)), then p += MLP(N2(q)), in the two slots
+        src = cur if kind == "attn" else prev
+        out, st = self.attention(src) if kind == "attn" else self.mlp(src)
+        _release(tl, st)
+        new = tl.new(D.slot, f"{kind} half-step")
+        tl.drop(out)
+        if kind == "attn":
+            tl.drop(prev)
+            return new, cur
+        tl.drop(cur)
+        return prev, new
+
+    def _readout(self, prev: Buf, cur: Buf) -> Buf:
+        D, tl = self.D, self.tl
+        if D.readout == "mean":
+            return tl.new(D.slot, "readout (mean)")
+        tl.hold(cur)
+        return cur
+
+    def reversible_trunk_back(self, g: Buf, final: list[Buf]) -> Buf:
+        """The Function's backward, step by step: recompute the branch (saving), rebuild the
+        previous state in place, free the branch output, backpropagate the branch; the state
+        and its gradient are updated in place (``schemes.py``)."""
+        D, tl = self.D, self.tl
+        if D.recompute == "revffn":
+            return self.revffn_trunk_back(g, final)
+        y: list[Buf | None] = list(final)
+        if D.readout == "mean":  # (p + q) / 2: one gradient for both slots, copied for one
+            half = tl.new(D.slot, "readout grad")
+            tl.drop(g)
+            gs: list[Buf | None] = [tl.new(D.slot, "slot gradient copy"), half]
+        else:
+            gs = [None, g]
+        steps = self._steps()
+        for i, kind in reversed(list(enumerate(steps))):
+            if self._block_ends(steps, i):
+                self.unshard()
+            gs = self._backward_step(kind, y, gs, rebuild=i > 0)
+            if self._block_starts(steps, i):
+                self.reduce_scatter()
+        tl.drop(*y)
+        out = gs[0] if gs[0] is not None else gs[1]
+        if gs[0] is not None and gs[1] is not None:
+            tl.drop(gs[1])  # the engine sums the two input gradients into the first
+        return out
+
+    def _backward_step(
+        self, kind: str, y: list[Buf | None], gs: list[Buf | None], rebuild: bool
+    ) -> list[Buf | None]:
+        """One step; ``y`` is updated in place like the Function's list."""
+        D, tl = self.D, self.tl
+        if kind in ("f", "euler"):
+            fo, st = self.f(y[0])  # type: ignore[arg-type]
+            self.flush_casts()
+            tl.drop(fo)  # used by the in-place rebuild, then released before the VJP
+            if not rebuild:
+                tl.drop(y[1])
+                y[1] = None
+            if kind == "f":  # (p_l, p_{l+1}) -> (p_{l-1} in p_{l+1}'s memory, p_l)
+                y[0], y[1] = y[1], y[0]
+            g_out = gs[1]
+            if g_out is None:
+                return gs
+            g_f = tl.new(D.a * D.N * D.d, "incoming grad (cast)") if D.autocast else g_out
+            if not D.autocast:
+                tl.hold(g_out)
+            jg = self.f_back(g_f, st)
+            if gs[0] is None:
+                gs[0] = jg
+            else:
+                tl.drop(jg)  # added into the state's gradient in place
+            if kind == "euler":
+                return gs
+            return [gs[1], gs[0]]
+        t = 0 if kind == "attn" else 1
+        o = 1 - t
+        src = y[o]
+        out, st = self.attention(src) if kind == "attn" else self.mlp(src)  # type: ignore[arg-type]
+        self.flush_casts()
+        tl.drop(out)
+        if not rebuild:
+            tl.drop(y[t])
+            y[t] = None
+        if gs[t] is None:
+            return gs
+        g_b = tl.new(D.a * D.N * D.d, "incoming grad (cast)") if D.autocast else gs[t]
+        if not D.autocast:
+            tl.hold(gs[t])
+        jg = self.attention_back(g_b, st) if kind == "attn" else self.mlp_back(g_b, st)
+        if gs[o] is None:
+            gs[o] = jg
+        else:
+            tl.drop(jg)
+        return gs
+
+    # --- RevFFN -----------------------------------------------------------------------------
+
+    def revffn_trunk(self, x: Buf) -> tuple[Buf, list[Buf]]:
+        """Split, then per layer Y1 = X1 + P1(Attn(..)), Y2 = X2 + P2(FFN(U3 Y1)); halves."""
+        D, tl = self.D, self.tl
+        half = D.slot // 2
+        x1, x2 = tl.new(half, "X1"), tl.new(half, "X2")  # chunk views of a detached input
+        tl.drop(x)
+        for _ in range(D.L):
+            st = self._revffn_attn(x1, x2)
+            _release(tl, st[1])
+            y1 = tl.new(half, "Y1")
+            tl.drop(st[0], x1)
+            x1 = y1
+            st = self._revffn_ffn(x1)
+            _release(tl, st[1])
+            y2 = tl.new(half, "Y2")
+            tl.drop(st[0], x2)
+            x2 = y2
+        h = tl.new(D.slot, "readout (concat)")
+        return h, [x1, x2]
+
+    def _revffn_attn(self, x1: Buf, x2: Buf) -> tuple[Buf, dict]:
+        """P1(Attn(N1(U1 q_in), kv: N1(U2 X2))): the adapters lift halves to width d."""
+        D, tl = self.D, self.tl
+        N, d, kv = D.N, D.d, D.kv
+        q_up, qs = self.linear(x1, N, d // 2, d, "U1")
+        kv_up, ks = self.linear(x2, N, d // 2, d, "U2")
+        nq, nqs = self.norm(q_up, "N1 (queries)")
+        nk, nks = self.norm(kv_up, "N1 (keys, values)")
+        tl.drop(q_up, kv_up)
+        q, q_saved = self.linear(nq, N, d, d, "q projection")
+        kvp, kv_saved = self.linear(nk, N, d, 2 * kv, "kv projection")
+        out = tl.new(D.a * N * d, "attention output")
+        lse = tl.new(D.st * D.B * D.H * D.T, "log-sum-exp")
+        tl.hold(q, kvp, out)
+        sdpa = [q, kvp, out, lse]
+        tl.drop(q, kvp, nq, nk)
+        y = out
+        if D.device == "cpu" and D.llama:
+            y = tl.new(D.a * N * d, "attention output (contiguous)")
+            tl.drop(out)
+        proj, ps = self.linear(y, N, d, d, "attention proj", cast=False)
+        tl.drop(y)
+        p1, p1s = self.linear(proj, N, d, d // 2, "P1", cast=False)
+        tl.drop(proj)
+        return p1, {
+            "U1": qs,
+            "U2": ks,
+            "nq": nqs,
+            "nk": nks,
+            "q": q_saved,
+            "kv": kv_saved,
+            "sdpa": sdpa,
+            "proj": ps,
+            "P1": p1s,
+        }
+
+    def _revffn_ffn(self, y1: Buf) -> tuple[Buf, dict]:
+        D, tl = self.D, self.tl
+        N, d = D.N, D.d
+        u3, u3s = self.linear(y1, N, d // 2, d, "U3")
+        z, zs = self.norm(u3, "N2")
+        tl.drop(u3)
+        if D.moe:
+            out, fst = self.moe(z, normed=False)
+        else:
+            out, fst = self.mlp(z, normed=False)
+        tl.drop(z)
+        p2, p2s = self.linear(out, N, d, d // 2, "P2", cast=False)
+        tl.drop(out)
+        return p2, {"U3": u3s, "N2": zs, "ffn": fst, "P2": p2s}
+
+    def revffn_trunk_back(self, g: Buf, final: list[Buf]) -> Buf:
+        D, tl = self.D, self.tl
+        half = D.slot // 2
+        x1, x2 = final
+        g1, g2 = tl.new(half, "grad X1"), tl.new(half, "grad X2")  # the readout's cat split
+        tl.drop(g)
+        for _ in range(D.L):
+            # FFN coupling: recompute on Y1, rebuild X2 in place, VJP into g1
+            out, st = self._revffn_ffn(x1)
+            self.flush_casts()
+            tl.drop(out)
+            g_b = tl.new(D.a * D.N * D.d // 2, "grad of P2 output (cast)") if D.autocast else g2
+            if not D.autocast:
+                tl.hold(g2)
+            tl.drop(self._revffn_ffn_back(g_b, st))
+            # attention coupling: fixed point (x1 mode) or exact, recompute, VJP
+            if D.cfg.revffn_query == "x1":
+                tl.temp(half, "fixed-point iterate")
+                fp_out, fp_st = self._revffn_attn(x1, x2)
+                _release(tl, fp_st)
+                tl.drop(fp_out)
+            out, st = self._revffn_attn(x1, x2)
+            self.flush_casts()
+            tl.drop(out)
+            g_b = tl.new(D.a * D.N * D.d // 2, "grad of P1 output (cast)") if D.autocast else g1
+            if not D.autocast:
+                tl.hold(g1)
+            j1, j2 = self._revffn_attn_back(g_b, st)
+            tl.drop(j1, j2)
+        h = tl.new(D.slot, "rebuilt input")
+        gh = tl.new(D.slot, "input grad (cat)")
+        tl.drop(x1, x2, g1, g2, h)
+        return gh
+
+    def _revffn_ffn_back(self, g: Buf, st: dict) -> Buf:
+        D = self.D
+        N, d = D.N, D.d
+        g_out = self.linear_back(g, st["P2"], N, d, d // 2, "P2", input_fp32=False)
+        g_z = self.moe_back(g_out, st["ffn"]) if D.moe else self.mlp_back(g_out, st["ffn"])
+        g_u3 = self.norm_back(g_z, st["N2"], "N2")
+        return self.linear_back(g_u3, st["U3"], N, d // 2, d, "U3")
+
+    def _revffn_attn_back(self, g: Buf, st: dict) -> tuple[Buf, Buf]:
+        D, tl = self.D, self.tl
+        N, d, kv = D.N, D.d, D.kv
+        g_proj = self.linear_back(g, st["P1"], N, d, d // 2, "P1", input_fp32=False)
+        g_y = self.linear_back(g_proj, st["proj"], N, d, d, "attention proj", input_fp32=False)
+        dq = tl.new(D.a * N * d, "dq")
+        dkv = [tl.new(D.a * N * kv, "dk"), tl.new(D.a * N * kv, "dv")]
+        tl.drop(*st["sdpa"], g_y)
+        g_kv = tl.new(D.a * N * 2 * kv, "kv grad")
+        tl.drop(*dkv)
+        g_nq = self.linear_back(dq, st["q"], N, d, d, "q projection")
+        g_nk = self.linear_back(g_kv, st["kv"], N, d, 2 * kv, "kv projection")
+        g_qu = self.norm_back(g_nq, st["nq"], "N1 (queries)")
+        g_ku = self.norm_back(g_nk, st["nk"], "N1 (keys, values)")
+        return (
+            self.linear_back(g_qu, st["U1"], N, d // 2, d, "U1"),
+            self.linear_back(g_ku, st["U2"], N, d // 2, d, "U2"),
+        )
+
+    # --- optimizer --------------------------------------------------------------------------
+
+
+def _expert_rows(slots: int, experts: int) -> list[int]:
+    """Rows per expert under balanced routing: ``slots`` = tokens x top_k split evenly."""
+    base, extra = divmod(slots, experts)
+    return [base + (1 if e < extra else 0) for e in range(experts)]
+
+
+def _release(tl: Timeline, st: object) -> None:
+    """Let go of every saved tensor in a state (a forward run without saving)."""
+    if isinstance(st, Buf):
+        tl.drop(st)
+    elif isinstance(st, dict):
+        for k, v in st.items():
+            if k not in ("moe", "swiglu", "rows", "chunk"):
+                _release(tl, v)
+    elif isinstance(st, (list, tuple)):
+        for v in st:
+            _release(tl, v)
+
+
+def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
+    """The whole training step on a timeline starting at ``base`` bytes (parameters and
+    optimizer state); its ``peak`` is the step's, ``marks`` has the backward's start.
+    ``allocator`` False books tensors' own bytes (to compare with a trace of live tensors)
+    instead of what the allocator charges for them."""
+    from revbench.plan.params import grad_bytes, optimizer_step_transient
+
+    charge = D.charge if allocator else None
+    tl = Timeline(base + INT64 * D.N, charge)  # and the batch's token ids
+    step = Step(D, tl)
+    if D.parallel == "fsdp":  # the root's parameters stay whole from forward to backward
+        root = tl.new(step.root_bytes, "unsharded root")
+    x = step.embedding()
+    if D.reversible:  # the trunks take the embedding's reference
+        h, state = step.reversible_trunk(x)
+    else:
+        h, state = step.residual_trunk(x)
+    head = step.head(h)
+    tl.drop(h)
+    step.end_forward(head)
+    tl.mark("backward")
+    tl.phase = "backward"
+    g = step.head_back(head)
+    back = step.reversible_trunk_back if D.reversible else step.residual_trunk_back
+    step.embedding_back(back(g, state))
+    step.reduce_scatter()  # the root's gradients
+    if D.parallel == "fsdp":
+        tl.drop(root, step.in_flight)
+    tl.phase = "optimizer"
+    # every gradient exists now (the replay booked them as they came; what is live is them)
+    tl.temp(optimizer_step_transient(D), "optimizer step")
+    tl.marks["gradients"] = grad_bytes(D)
+    return tl

@@ -1,0 +1,68 @@
+"""A replay of one training step's tensor allocations and frees, to find its peak.
+
+The planner does not run the model: it walks the same sequence of operations the model and
+autograd perform (``replay.py``) and books each tensor they create here, with reference counts
+standing in for Python's and autograd's references, so a tensor goes when its last holder lets
+it go, as it does in PyTorch (a saved tensor is held by its node until that node's backward has
+run; a gradient by the engine until the node it feeds has run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(eq=False)
+class Buf:
+    """One tensor's memory (a storage): its size and how many holders it has."""
+
+    nbytes: int
+    name: str
+    refs: int = 1
+
+
+class Timeline:
+    """Live bytes over the step; the peak and where it happened."""
+
+    def __init__(self, base: int = 0, charge: Callable[[int], int] | None = None) -> None:
+        """``charge(nbytes)``: what a tensor of ``nbytes`` costs the allocator (its rounding
+        and bookkeeping); the bytes themselves when None."""
+        self.charge = charge or (lambda n: n)
+        self.live = base
+        self.peak = base
+        self.where = "start"
+        self.phase = "forward"
+        self.marks: dict[str, int] = {}
+
+    def new(self, nbytes: int, name: str) -> Buf:
+        """A new tensor with one holder."""
+        b = Buf(self.charge(int(nbytes)) if nbytes else 0, name)
+        self.live += b.nbytes
+        if self.live > self.peak:
+            self.peak, self.where = self.live, f"{self.phase}: {name}"
+        return b
+
+    def temp(self, nbytes: int, name: str) -> None:
+        """A tensor made and dropped inside one operation (a kernel's workspace)."""
+        self.drop(self.new(nbytes, name))
+
+    def hold(self, *bufs: Buf | None) -> None:
+        for b in bufs:
+            if b is not None:
+                b.refs += 1
+
+    def drop(self, *bufs: Buf | None) -> None:
+        """One holder of each lets go; a tensor with none left is freed."""
+        for b in bufs:
+            if b is None:
+                continue
+            b.refs -= 1
+            if b.refs == 0:
+                self.live -= b.nbytes
+            elif b.refs < 0:
+                raise AssertionError(f"{b.name} released more often than held")
+
+    def mark(self, label: str) -> None:
+        """Remember the live bytes now (e.g. at the start of the backward)."""
+        self.marks[label] = self.live
