@@ -70,10 +70,13 @@ def test_real_trials_in_child_processes_and_forced_oom_is_a_trial(tmp_path: Path
     df = results.load(tmp_path / "r").set_index("case")
     fine = df.loc["fine"]
     assert fine["max_batch_size"] == 4 and fine["search_capped"]
-    assert [t["size"] for t in fine["search_trial_list"]] == [1, 2, 4]
+    # the planner predicts that everything up to the cap fits: one trial, at the cap
+    assert fine["predicted_max_batch_size"] == 4
+    assert [t["size"] for t in fine["search_trial_list"]] == [4]
     assert all(t["peak_bytes"] > 0 and t["fits"] for t in fine["search_trial_list"])
     assert fine["budget_bytes"] == 4 * 2**30 and fine["device_type"] == "cpu"
     oom = df.loc["oom"]
-    assert oom["status"] == "ok" and oom["search_trials"] == 1
-    assert list(oom["search_trial_list"][0].values()) == [1, False, None, "oom"]
+    # every trial runs out of memory: from the predicted size down to the smallest
+    assert oom["status"] == "ok" and [t["size"] for t in oom["search_trial_list"]] == [4, 2, 1]
+    assert list(oom["search_trial_list"][-1].values()) == [1, False, None, "oom"]
     assert pd.isna(oom["max_batch_size"])

@@ -98,6 +98,13 @@ COLUMNS = (
         "reaches (full logits: most of a reversible model's; chunked: little)",
     ),
     Column(
+        "predicted_peak_bytes",
+        pa.int64(),
+        "bytes",
+        "the memory planner's prediction of peak_mem_delta_bytes from the configuration alone "
+        "(revbench.plan); null where it cannot plan the case",
+    ),
+    Column(
         "memory_method",
         pa.string(),
         "",
@@ -177,6 +184,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
         stack, recompute = reversible_memory(step.model, step.input_ids, step.autocast())
     head = None if parallel.sharded(step.model) else _head_peak(step, reset, peak)
     return {
+        "predicted_peak_bytes": _predicted(case, step.device.type),
         "head_peak_bytes": head,
         "head_peak_fraction": None if head is None else head / max(step_peak - runtime, 1),
         "world_size": step.world_size,
@@ -194,6 +202,16 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
         "backward_transient_bytes": backward_transient,
         "memory_method": method,
     }
+
+
+def _predicted(case: Case, device: str) -> int | None:
+    """The planner's peak for the case on the device it ran on (None if it cannot plan it)."""
+    try:
+        from revbench.plan import predict
+
+        return predict(case, device=device).peak_bytes
+    except Exception:  # a configuration the planner does not model: no prediction
+        return None
 
 
 def _head_peak(step: Any, reset: Any, peak: Any) -> int:

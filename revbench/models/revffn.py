@@ -163,6 +163,7 @@ class AttnCoupling(Scheme):
             y[0] = _fixed_point(block, y[0].detach(), y[1].detach(), rng)
             with rng.restored() if rng else contextlib.nullcontext():
                 r = Recompute(block.attn_branch, y[0], y[1])  # the one recompute, at rebuilt X1
+            r.release()  # X1 came from the fixed point: the branch's value is not needed
             (j1, j2), grads = r.vjp([g[0]], params)
             g[0] = axpy(g[0], j1)
             del j1

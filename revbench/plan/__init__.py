@@ -60,7 +60,8 @@ class MemoryPlan:
 
 def predict_dims(D: Dims) -> MemoryPlan:
     """The plan of a case given as ``Dims``."""
-    tl = replay_step(D, base=charged(D, "params") + charged(D, "optimizer"))
+    state = charged(D, "optimizer")
+    tl = replay_step(D, base=charged(D, "params") + (state if D.warm_optimizer else 0))
     terms = tuple(activations(D))
     peak = tl.peak
     return MemoryPlan(
@@ -83,7 +84,7 @@ def predict(case: Any, *, device: str | None = None) -> MemoryPlan:
     train = dict(case.train)
     if device is not None:
         train["device"] = device
-    return predict_dims(dims_of(case.model, case.data, train))
+    return predict_dims(dims_of(case.model, case.data, train, case.measure))
 
 
 def predict_max_batch(
@@ -101,7 +102,8 @@ def predict_max_batch(
     train = dict(case.train)
     if device is not None:
         train["device"] = device
-    D = dims_of(case.model, case.data, train)
+    D = dims_of(case.model, case.data, train, {"warmup": 0, "steps": case.measure.get(
+        "trial_steps", 1)})
 
     def fits(b: int) -> bool:
         return predict_dims(D.with_batch(b)).peak_bytes <= limit

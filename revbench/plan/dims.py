@@ -33,6 +33,10 @@ class Dims:
     optimizer: str
     world_size: int
     parallel: str
+    warm_optimizer: bool = True
+    """The optimizer's state exists when the measured step starts (a step ran before it); a
+    single-step measurement (a max-batch trial with ``trial_steps: 1``) has it only from its
+    optimizer step on."""
 
     @property
     def N(self) -> int:
@@ -116,8 +120,14 @@ class Dims:
 _BYTES = {"float32": 4, "float64": 8, "bfloat16": 4, "float16": 4}
 
 
-def dims_of(model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) -> Dims:
-    """``Dims`` of a case's model, data and train sections (plain dicts, as ``Case`` holds)."""
+def dims_of(
+    model: dict[str, Any],
+    data: dict[str, Any],
+    train: dict[str, Any],
+    measure: dict[str, Any] | None = None,
+) -> Dims:
+    """``Dims`` of a case's model, data and train sections (plain dicts, as ``Case`` holds);
+    ``measure`` tells whether the measured steps start with the optimizer's state."""
     cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
     dtype = train.get("dtype", "float32")
     autocast = dtype in ("bfloat16", "float16")
@@ -138,7 +148,15 @@ def dims_of(model: dict[str, Any], data: dict[str, Any], train: dict[str, Any]) 
         optimizer=train.get("optimizer", "adamw"),
         world_size=int(train.get("nproc_per_node", 1)) if parallel != "none" else 1,
         parallel=parallel,
+        warm_optimizer=_steps_before(measure) > 0,
     )
+
+
+def _steps_before(measure: dict[str, Any] | None) -> int:
+    """Full steps before the last measured one (``peak_memory``: warmup + steps - 1)."""
+    if measure is None:
+        return 1
+    return int(measure.get("warmup", 1)) + int(measure.get("steps", 3)) - 1
 
 
 def _cuda_available() -> bool:

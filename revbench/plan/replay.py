@@ -32,6 +32,9 @@ class Step:
         self.casts: list[Buf] = []  # autocast's cache of weight casts, dropped at forward end
         # data parallelism (``measure/parallel.py``): DDP's gradient buckets; FSDP2's whole
         # parameters of the blocks being computed, whole gradients awaiting reduce-scatter
+        self.early_stop = False  # checkpointing's recompute stops after its last saved tensor
+        self.saving = True  # False: a forward that keeps nothing for backward (checkpointed
+        # blocks, the reversible Function's forward): saved-only tensors die at once
         self.buckets: Buf | None = None
         self.whole: Buf | None = None
         self.block_grads: list[Buf] = []
@@ -84,6 +87,28 @@ class Step:
         self.block_grads, self.in_flight = [], send
         self.reshard()
 
+    # --- what autograd keeps ----------------------------------------------------------------
+
+    def save(self, *bufs: Buf | None) -> None:
+        """Autograd keeps these for backward (when this forward keeps anything)."""
+        if self.saving:
+            self.tl.hold(*bufs)
+
+    def kept(self, buf: Buf) -> Buf | None:
+        """``buf``, made by the forward for its backward only: kept when saving, else gone
+        now (its variable's reference was the only one)."""
+        if self.saving:
+            return buf
+        self.tl.drop(buf)
+        return None
+
+    def saved_new(self, nbytes: int, name: str) -> Buf | None:
+        """A tensor an op makes only for its backward (statistics, log-sum-exp, a cast)."""
+        if self.saving:
+            return self.tl.new(nbytes, name)
+        self.tl.temp(nbytes, name)
+        return None
+
     # --- Linear -----------------------------------------------------------------------------
 
     def linear(
@@ -95,26 +120,34 @@ class Step:
         name: str,
         weight_cast: bool = True,
         cast: bool = True,
+        last: bool = False,
     ) -> tuple[Buf, list[Buf]]:
-        """(output, saved) of ``x @ W^T`` on ``rows`` rows. The caller keeps its own reference
-        to ``x``. Under autocast the input is cast (``cast``: it is float32; a bf16 input is
-        used as is) and the weight's cast comes from autocast's cache (``weight_cast``: this
-        Linear's weight is a parameter)."""
+        """(output, saved) of ``x @ W^T`` on ``rows`` rows (``last``: the block's last saving
+        op, whose output a checkpoint's recompute never makes). The caller keeps its own
+        reference to ``x``. Under autocast the input is cast (``cast``: it is float32; a bf16
+        input is used as is) and the weight's cast comes from autocast's cache
+        (``weight_cast``: this Linear's weight is a parameter)."""
         D, tl = self.D, self.tl
+        saved: list[Buf | None]
         if D.autocast:
             if cast:
-                saved = [tl.new(2 * rows * n_in, f"{name} input cast")]
+                saved = [self.saved_new(2 * rows * n_in, f"{name} input cast")]
             else:
-                tl.hold(x)
+                self.save(x)
                 saved = [x]
             if weight_cast:
                 wc = tl.new(2 * n_in * n_out, f"{name} weight cast")
                 self.casts.append(wc)  # the cache's reference
-                tl.hold(wc)
+                self.save(wc)
                 saved.append(wc)
-            return tl.new(2 * rows * n_out, f"{name} output"), saved
-        tl.hold(x)
-        return tl.new(D.s * rows * n_out, f"{name} output"), [x]
+            out_bytes = 2 * rows * n_out
+        else:
+            self.save(x)
+            saved = [x]
+            out_bytes = D.s * rows * n_out
+        if last and self.early_stop:  # the recompute stops once this Linear has saved
+            return tl.new(0, f"{name} output (not recomputed)"), saved
+        return tl.new(out_bytes, f"{name} output"), saved
 
     def linear_back(
         self,
@@ -147,7 +180,7 @@ class Step:
     def norm(self, x: Buf, name: str) -> tuple[Buf, list[Buf]]:
         """LayerNorm (fused) or RMSNorm (composite: x^2, mean, rsqrt, x * rstd, * weight)."""
         D, tl = self.D, self.tl
-        tl.hold(x)
+        self.save(x)
         if D.llama:
             sq = tl.new(D.slot, f"{name} x^2")
             ms = tl.new(D.st * D.N, f"{name} mean")
@@ -156,10 +189,11 @@ class Step:
             tl.drop(ms)
             xn = tl.new(D.slot, f"{name} normalised")
             out = tl.new(D.slot, f"{name} output")
+            self.save(rstd, xn)
+            tl.drop(rstd, xn)
             return out, [x, rstd, xn]
         out = tl.new(D.slot, f"{name} output")
-        stats = tl.new(2 * D.st * D.N, f"{name} mean, rstd")
-        return out, [x, stats]
+        return out, [x, self.saved_new(2 * D.st * D.N, f"{name} mean, rstd")]
 
     def norm_back(self, g: Buf, saved: list[Buf], name: str) -> Buf:
         D, tl = self.D, self.tl
@@ -193,29 +227,14 @@ class Step:
         N, d, kv = D.N, D.d, D.kv
         n1, norm_saved = self.norm(x, f"{where} norm")
         qkv, qkv_saved = self.linear(n1, N, d, d + 2 * kv, f"{where} qkv")
-        tl.hold(qkv)  # q, k, v are views of it; attention saves them (v at least)
-        sdpa_saved = [qkv]
-        if D.llama:  # rotary: q and k rotated into new tensors; cos/sin saved by the products
-            half = D.cfg.head_dim // 2
-            sdpa_saved.append(tl.new(4 * D.T * half * (8 if D.st == 8 else 4), "rotary cos/sin"))
-            for part, width in (("q", d), ("k", kv)):
-                w = 4 if D.autocast else D.s  # the rotation runs in float32 (float64 kept)
-                up = tl.new(w * N * width, f"{where} {part} upcast") if D.autocast else None
-                quarter = w * N * width // 2
-                terms = [tl.new(quarter, f"{where} {part} rotary term") for _ in range(4)]
-                pair = [tl.new(quarter, f"{where} {part} rotary sum") for _ in range(2)]
-                tl.drop(*terms)
-                rot = tl.new(w * N * width, f"{where} {part} rotated")
-                tl.drop(*pair, up)
-                if D.autocast:
-                    cast = tl.new(2 * N * width, f"{where} {part} rotated (cast)")
-                    tl.drop(rot)
-                    rot = cast
-                sdpa_saved.append(rot)
+        self.save(qkv)  # q, k, v are views of it; attention saves them (v at least)
+        sdpa_saved: list[Buf | None] = [qkv]
+        rotated = self.rotary(sdpa_saved, where)
         out = tl.new(D.a * N * d, f"{where} attention output")
-        sdpa_saved += [out, tl.new(D.st * D.B * D.H * D.T, f"{where} log-sum-exp")]
-        tl.hold(out)
-        tl.drop(qkv, n1)
+        lse = self.saved_new(D.st * D.B * D.H * D.T, f"{where} log-sum-exp")
+        self.save(out, *rotated)
+        sdpa_saved += [*rotated, out, lse]
+        tl.drop(qkv, n1, *rotated)
         y = out
         if D.device == "cpu" and D.llama:  # the CPU kernel's output follows q's layout
             y = tl.new(D.a * N * d, f"{where} attention output (contiguous)")
@@ -225,19 +244,55 @@ class Step:
         state = {"norm": norm_saved, "qkv": qkv_saved, "sdpa": sdpa_saved, "proj": proj_saved}
         return proj, state
 
+    def rotary(self, sdpa_saved: list[Buf | None], where: str) -> list[Buf]:
+        """Rotary embeddings of q and k (llama): new tensors (the rotation runs in float32,
+        four half-width products and a stack), cos/sin saved by the products."""
+        D, tl = self.D, self.tl
+        if not D.llama:
+            return []
+        N = D.N
+        trig = 4 * D.T * (D.cfg.head_dim // 2) * (8 if D.st == 8 else 4)
+        sdpa_saved.append(self.saved_new(trig, f"{where} rotary cos/sin"))
+        rotated = []
+        for part, width in (("q", D.d), ("k", D.kv)):
+            w = 4 if D.autocast else D.s  # float32 (float64 kept)
+            up = tl.new(w * N * width, f"{where} {part} upcast") if D.autocast else None
+            half = w * N * width // 2
+            # x1 cos - x2 sin, then x1 sin + x2 cos: two products and their sum at a time
+            t1, t2 = tl.new(half, f"{where} {part} x1 cos"), tl.new(half, f"{where} {part} x2 sin")
+            r1 = tl.new(half, f"{where} {part} rotated half")
+            tl.drop(t1, t2)
+            t3, t4 = tl.new(half, f"{where} {part} x1 sin"), tl.new(half, f"{where} {part} x2 cos")
+            r2 = tl.new(half, f"{where} {part} rotated half")
+            tl.drop(t3, t4)
+            rot = tl.new(w * N * width, f"{where} {part} rotated")  # their stack
+            tl.drop(r1, r2, up)
+            if D.autocast:
+                cast = tl.new(2 * N * width, f"{where} {part} rotated (cast)")
+                tl.drop(rot)
+                rot = cast
+            rotated.append(rot)
+        return rotated
+
+    def rotary_back(self, grads: list[Buf], where: str) -> None:
+        """dq and dk through the rotation: four half-width products, then a stack."""
+        D, tl = self.D, self.tl
+        if not D.llama:
+            return
+        for i, width in ((0, D.d), (1, D.kv)):
+            w = 4 if D.autocast else D.s
+            terms = [tl.new(w * D.N * width // 2, f"{where} rotary grad term") for _ in range(4)]
+            new = tl.new(D.a * D.N * width, f"{where} rotary grad")
+            tl.drop(*terms, grads[i])
+            grads[i] = new
+
     def attention_back(self, g: Buf, st: dict, where: str = "attention") -> Buf:
         D, tl = self.D, self.tl
         N, d, kv = D.N, D.d, D.kv
         g_y = self.linear_back(g, st["proj"], N, d, d, f"{where} proj", input_fp32=False)
         grads = [tl.new(D.a * N * w, f"{where} d{p}") for p, w in (("q", d), ("k", kv), ("v", kv))]
         tl.drop(*st["sdpa"], g_y)
-        if D.llama:  # rotary backward of dq, dk: four half-width products, then a stack
-            for i, width in ((0, d), (1, kv)):
-                w = 4 if D.autocast else D.s
-                terms = [tl.new(w * N * width // 2, f"{where} rotary grad term") for _ in range(4)]
-                new = tl.new(D.a * N * width, f"{where} rotary grad")
-                tl.drop(*terms, grads[i])
-                grads[i] = new
+        self.rotary_back(grads, where)
         g_qkv = tl.new(D.a * N * (d + 2 * kv), f"{where} qkv grad")  # split's backward: a cat
         tl.drop(*grads)
         g_n1 = self.linear_back(g_qkv, st["qkv"], N, d, d + 2 * kv, f"{where} qkv")
@@ -270,19 +325,21 @@ class Step:
             up, st["up"] = self.linear(h, rows, d, F, f"{where} up", weight_cast)
             silu = tl.new(D.a * rows * F, f"{where} silu")
             prod = tl.new(D.a * rows * F, f"{where} gated")
-            tl.hold(gate, silu, up)  # saved by silu (its input) and by the product (both)
+            self.save(gate, silu, up)  # saved by silu (its input) and by the product (both)
             st["silu"], st["mul"] = [gate], [silu, up]
             out, st["proj"] = self.linear(
-                prod, rows, F, d, f"{where} proj", weight_cast, cast=False
+                prod, rows, F, d, f"{where} proj", weight_cast, cast=False, last=True
             )
             tl.drop(gate, up, silu, prod, h)
             st["swiglu"] = True
             return out, st
         fc, st["fc"] = self.linear(h, rows, d, F, f"{where} fc", weight_cast)
         act = tl.new(D.a * rows * F, f"{where} gelu")
-        tl.hold(fc)  # saved by GELU
+        self.save(fc)  # saved by GELU
         st["gelu"] = [fc]
-        out, st["proj"] = self.linear(act, rows, F, d, f"{where} proj", weight_cast, cast=False)
+        out, st["proj"] = self.linear(
+            act, rows, F, d, f"{where} proj", weight_cast, cast=False, last=True
+        )
         tl.drop(fc, act, h)
         st["swiglu"] = False
         return out, st
@@ -326,7 +383,7 @@ class Step:
         x2 = tl.new(D.slot, "p + a")
         m, mst = self.ffn(x2)
         tl.drop(x2)
-        out = tl.new(D.a * D.N * D.d, "a + ffn")
+        out = tl.new(0 if self.early_stop else D.a * D.N * D.d, "a + ffn")
         tl.drop(a, m)
         return out, {"attn": ast, "ffn": mst}
 
@@ -361,7 +418,7 @@ class Step:
         """The residual block p + f(p)."""
         D, tl = self.D, self.tl
         fo, st = self.f(p)
-        out = tl.new(D.slot, "block output")
+        out = tl.new(0 if self.early_stop else D.slot, "block output")
         tl.drop(fo)
         return out, st
 
@@ -500,19 +557,19 @@ class Step:
             tl.hold(h)
         st: dict = {"moe": True, "norm": norm_saved}
         logits, st["router"] = self.linear(h, N, d, E, "router")
-        probs = tl.new(rp * N * E, "router probabilities")
+        probs = tl.new(rp * N * E, "router probabilities")  # saved by the softmax
         tl.drop(logits)
         w = tl.new(rp * N * k, "top-k weights")
-        idx = tl.new(INT64 * N * k, "top-k indices")
-        st["topk"] = [idx]
+        st["topk"] = [self.kept(tl.new(INT64 * N * k, "top-k indices"))]
         if c.norm_topk_prob:
             total = tl.new(rp * N, "top-k sum")
             wn = tl.new(rp * N * k, "normalised weights")
-            st["div"] = [w, total]
+            st["div"] = [self.kept(w), self.kept(total)]
             w = wn
         order = tl.new(INT64 * N * k, "dispatch order")
         disp = tl.new(INT64 * N * k, "dispatch index")  # saved by index_select
         tokens = tl.new(D.s * N * k * d, "gathered tokens")
+        disp = self.kept(disp)
         rows = _expert_rows(N * k, E)
         outs = []
         st["experts"] = []
@@ -526,11 +583,12 @@ class Step:
         inv = tl.new(INT64 * N * k, "combine index")
         back = tl.new(D.a * N * k * d, "expert outputs in slot order")
         tl.drop(cat, order)
+        inv = self.kept(inv)
         wcast = tl.new(2 * N * k, "weights cast") if D.autocast else w
         if not D.autocast:
             tl.hold(w)
         prod = tl.new(D.a * N * k * d, "weighted outputs")
-        st["combine"] = [back, wcast, inv, disp]
+        st["combine"] = [self.kept(back), self.kept(wcast), inv, disp]
         tl.drop(w)
         y = tl.new(D.a * N * d, "moe output")
         tl.drop(prod)
@@ -541,11 +599,12 @@ class Step:
             tl.drop(gate)
             so, st["shared"] = self.mlp(h, "shared expert", width=width, swiglu=True, normed=False)
             sm = tl.new(D.a * N * d, "gated shared output")
-            st["shared_mul"] = [sig, so]
+            st["shared_mul"] = [self.kept(sig), self.kept(so)]
             y2 = tl.new(D.a * N * d, "moe + shared output")
             tl.drop(y, sm)
             y = y2
-        st["aux"] = [tl.new(rp * E, "routed fractions")]
+        st["aux"] = [self.saved_new(rp * E, "routed fractions")]
+        probs = self.kept(probs)
         st["probs"] = probs
         tl.drop(h)
         st["rows"] = rows
@@ -606,7 +665,7 @@ class Step:
         x2 = tl.new(D.slot, "p + a")
         tl.drop(a)
         y, mst = self.moe(x2)
-        out = tl.new(D.slot, "block output")
+        out = tl.new(0 if self.early_stop else D.slot, "block output")
         tl.drop(y, x2)
         return out, {"attn": ast, "ffn": mst}
 
@@ -633,10 +692,11 @@ class Step:
         states = []
         for _ in range(D.L):
             self.unshard()
+            self.saving = not D.cfg.checkpointing
             out, st = run(x)
+            self.saving = True
             self.reshard()
             if D.cfg.checkpointing:
-                _release(tl, st)
                 tl.hold(x)  # the checkpoint's saved input
                 states.append(x)
             else:
@@ -653,7 +713,9 @@ class Step:
             self.unshard()
             if D.cfg.checkpointing:  # recompute the block, saving, then backpropagate it
                 x = st
+                self.early_stop = True
                 out, st = run(x)
+                self.early_stop = False
                 self.flush_casts()
                 tl.drop(out, x)
             g = back(g, st)
@@ -668,6 +730,7 @@ class Step:
         steps = self._steps()
         prev, cur = x, x
         tl.hold(x, x)  # both slots start as the embedding
+        self.saving = False  # the Function's forward runs under no_grad
         for i, kind in enumerate(steps):
             if self._block_starts(steps, i):
                 self.unshard()
@@ -675,6 +738,7 @@ class Step:
             if self._block_ends(steps, i):
                 self.reshard()
         tl.drop(x)  # the embedding's variable
+        self.saving = True
         return self._readout(prev, cur), [prev, cur]
 
     def _steps(self) -> list[str]:
@@ -698,8 +762,7 @@ class Step:
         D, tl = self.D, self.tl
         if kind == "f" or kind == "euler":
             src = prev if kind == "euler" else cur
-            fo, st = self.f(src)
-            _release(tl, st)
+            fo, _ = self.f(src)
             new = tl.new(D.slot, "next state")
             tl.drop(fo)
             if kind == "euler":
@@ -708,8 +771,7 @@ class Step:
             return cur, new
         # coupling half-steps: q += Attn(N1(p)), then p += MLP(N2(q)), in the two slots
         src = cur if kind == "attn" else prev
-        out, st = self.attention(src) if kind == "attn" else self.mlp(src)
-        _release(tl, st)
+        out, _ = self.attention(src) if kind == "attn" else self.mlp(src)
         new = tl.new(D.slot, f"{kind} half-step")
         tl.drop(out)
         if kind == "attn":
@@ -809,17 +871,17 @@ class Step:
         half = D.slot // 2
         x1, x2 = tl.new(half, "X1"), tl.new(half, "X2")  # chunk views of a detached input
         tl.drop(x)
+        self.saving = False  # the Function's forward runs under no_grad
         for _ in range(D.L):
-            st = self._revffn_attn(x1, x2)
-            _release(tl, st[1])
+            out, _ = self._revffn_attn(x1, x2)
             y1 = tl.new(half, "Y1")
-            tl.drop(st[0], x1)
+            tl.drop(out, x1)
             x1 = y1
-            st = self._revffn_ffn(x1)
-            _release(tl, st[1])
+            out, _ = self._revffn_ffn(x1)
             y2 = tl.new(half, "Y2")
-            tl.drop(st[0], x2)
+            tl.drop(out, x2)
             x2 = y2
+        self.saving = True
         h = tl.new(D.slot, "readout (concat)")
         return h, [x1, x2]
 
@@ -834,11 +896,17 @@ class Step:
         tl.drop(q_up, kv_up)
         q, q_saved = self.linear(nq, N, d, d, "q projection")
         kvp, kv_saved = self.linear(nk, N, d, 2 * kv, "kv projection")
+        sdpa: list[Buf | None] = []
+        rotated = self.rotary(sdpa, "attention")
         out = tl.new(D.a * N * d, "attention output")
-        lse = tl.new(D.st * D.B * D.H * D.T, "log-sum-exp")
-        tl.hold(q, kvp, out)
-        sdpa = [q, kvp, out, lse]
-        tl.drop(q, kvp, nq, nk)
+        lse = self.saved_new(D.st * D.B * D.H * D.T, "log-sum-exp")
+        if D.llama:  # q rotated, v a view of the kv product
+            self.save(kvp, out, *rotated)
+            sdpa += [kvp, *rotated, out, lse]
+        else:
+            self.save(q, kvp, out)
+            sdpa += [q, kvp, out, lse]
+        tl.drop(q, kvp, nq, nk, *rotated)
         y = out
         if D.device == "cpu" and D.llama:
             y = tl.new(D.a * N * d, "attention output (contiguous)")
@@ -892,8 +960,9 @@ class Step:
             # attention coupling: fixed point (x1 mode) or exact, recompute, VJP
             if D.cfg.revffn_query == "x1":
                 tl.temp(half, "fixed-point iterate")
-                fp_out, fp_st = self._revffn_attn(x1, x2)
-                _release(tl, fp_st)
+                self.saving = False  # the iterations run under no_grad
+                fp_out, _ = self._revffn_attn(x1, x2)
+                self.saving = True
                 tl.drop(fp_out)
             out, st = self._revffn_attn(x1, x2)
             self.flush_casts()
@@ -921,11 +990,13 @@ class Step:
         N, d, kv = D.N, D.d, D.kv
         g_proj = self.linear_back(g, st["P1"], N, d, d // 2, "P1", input_fp32=False)
         g_y = self.linear_back(g_proj, st["proj"], N, d, d, "attention proj", input_fp32=False)
-        dq = tl.new(D.a * N * d, "dq")
-        dkv = [tl.new(D.a * N * kv, "dk"), tl.new(D.a * N * kv, "dv")]
+        grads = [tl.new(D.a * N * d, "dq"), tl.new(D.a * N * kv, "dk")]
+        dv = tl.new(D.a * N * kv, "dv")
         tl.drop(*st["sdpa"], g_y)
+        self.rotary_back(grads, "attention")
+        dq = grads[0]
         g_kv = tl.new(D.a * N * 2 * kv, "kv grad")
-        tl.drop(*dkv)
+        tl.drop(grads[1], dv)
         g_nq = self.linear_back(dq, st["q"], N, d, d, "q projection")
         g_nk = self.linear_back(g_kv, st["kv"], N, d, 2 * kv, "kv projection")
         g_qu = self.norm_back(g_nq, st["nq"], "N1 (queries)")
@@ -942,19 +1013,6 @@ def _expert_rows(slots: int, experts: int) -> list[int]:
     """Rows per expert under balanced routing: ``slots`` = tokens x top_k split evenly."""
     base, extra = divmod(slots, experts)
     return [base + (1 if e < extra else 0) for e in range(experts)]
-
-
-def _release(tl: Timeline, st: object) -> None:
-    """Let go of every saved tensor in a state (a forward run without saving)."""
-    if isinstance(st, Buf):
-        tl.drop(st)
-    elif isinstance(st, dict):
-        for k, v in st.items():
-            if k not in ("moe", "swiglu", "rows", "chunk"):
-                _release(tl, v)
-    elif isinstance(st, (list, tuple)):
-        for v in st:
-            _release(tl, v)
 
 
 def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
@@ -986,7 +1044,12 @@ def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
     if D.parallel == "fsdp":
         tl.drop(root, step.in_flight)
     tl.phase = "optimizer"
-    # every gradient exists now (the replay booked them as they came; what is live is them)
+    # every gradient exists now (the replay booked them as they came); a first step makes
+    # the optimizer's state here
+    if not D.warm_optimizer:
+        from revbench.plan.params import charged
+
+        tl.new(charged(D, "optimizer"), "optimizer state (first step)")
     tl.temp(optimizer_step_transient(D), "optimizer step")
     tl.marks["gradients"] = grad_bytes(D)
     return tl

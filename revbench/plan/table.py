@@ -57,8 +57,15 @@ def plan_table(suite_path: str | Path, wanted: list[Target], device: str | None 
     suite = load_suite(suite_path)
     dev = device or ("cuda" if any(t.device == "cuda" for t in wanted) else None)
     table = Table(title=f"{suite.name}: predicted peak memory per device (MiB) and max batch")
-    for col in ("case", "batch x seq", "dtype", "params+grads+optim", "activations",
-                "peak", "peak at"):
+    for col in (
+        "case",
+        "batch x seq",
+        "dtype",
+        "params+grads+optim",
+        "activations",
+        "peak",
+        "peak at",
+    ):
         table.add_column(col, justify="right" if col not in ("case", "peak at") else "left")
     for t in wanted:
         table.add_column(f"max batch {t.label}", justify="right")
