@@ -29,6 +29,7 @@ RECOMPUTING_ARCHS = {
     "revffn",
 }  # revffn: see moe_step_flops
 
+
 @dataclasses.dataclass(frozen=True)
 class StepFlops:
     forward: int

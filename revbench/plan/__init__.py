@@ -102,8 +102,9 @@ def predict_max_batch(
     train = dict(case.train)
     if device is not None:
         train["device"] = device
-    D = dims_of(case.model, case.data, train, {"warmup": 0, "steps": case.measure.get(
-        "trial_steps", 1)})
+    D = dims_of(
+        case.model, case.data, train, {"warmup": 0, "steps": case.measure.get("trial_steps", 1)}
+    )
 
     def fits(b: int) -> bool:
         return predict_dims(D.with_batch(b)).peak_bytes <= limit
