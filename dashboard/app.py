@@ -161,6 +161,27 @@ def view_depth(df: pd.DataFrame) -> None:
         st.dataframe(paper_depth(), hide_index=True)
 
 
+def view_prediction(df: pd.DataFrame) -> None:
+    t = views.prediction(df)
+    if t.empty:
+        st.info(
+            "No rows carry the planner's prediction yet (predicted_peak_bytes, written by "
+            "peak_memory since schema v2); `revbench plan SUITE` predicts without running."
+        )
+        return
+    show(figures.prediction(t), "fig_prediction")
+    err = t["error"].abs()
+    st.caption(f"{len(t)} points; |error| median {err.median():.1%}, max {err.max():.1%}.")
+    st.dataframe(
+        t[["case", "arch_label", "model.n_layers", "train.dtype", "device_name"]].assign(
+            measured_MiB=t["peak_mem_delta_bytes"] / views.MIB,
+            predicted_MiB=t["predicted_peak_bytes"] / views.MIB,
+            error=t["error"],
+        ),
+        hide_index=True,
+    )
+
+
 def view_quality(df: pd.DataFrame) -> None:
     s, names, conv = views.quality(df)
     if not names:
@@ -235,6 +256,7 @@ VIEWS = (
     ("Trade-off", view_tradeoff),
     ("Max batch", view_max_batch),
     ("Memory vs depth", view_depth),
+    ("Predicted vs measured", view_prediction),
     ("Accuracy", view_quality),
     ("Numerical drift", view_drift),
     ("Runs", view_runs),

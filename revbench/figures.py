@@ -172,8 +172,42 @@ def trials(tr: pd.DataFrame) -> go.Figure:
     return _layout(fig, "Max batch search trials", "batch size", "footprint (MiB)")
 
 
+def prediction(t: pd.DataFrame) -> go.Figure:
+    """Predicted vs measured peak per point, with the y = x line (a perfect planner)."""
+    fig = go.Figure()
+    for arch, g in t.groupby("arch_label", sort=True):
+        fig.add_trace(
+            go.Scatter(
+                x=g["peak_mem_delta_bytes"] / MIB,
+                y=g["predicted_peak_bytes"] / MIB,
+                mode="markers",
+                name=str(arch),
+                marker={"size": 10, "color": color(str(arch))},
+                text=[f"{c}: {e:+.1%}" for c, e in zip(g["case"], g["error"], strict=True)],
+                hovertemplate="%{text}<br>measured %{x:.1f} MiB, predicted %{y:.1f} MiB"
+                "<extra></extra>",
+            )
+        )
+    if not t.empty:
+        hi = float(max(t["peak_mem_delta_bytes"].max(), t["predicted_peak_bytes"].max())) / MIB
+        fig.add_trace(
+            go.Scatter(
+                x=[0, hi],
+                y=[0, hi],
+                mode="lines",
+                name="predicted = measured",
+                line={"color": "#888", "dash": "dot", "width": 1},
+                hoverinfo="skip",
+            )
+        )
+    return _layout(
+        fig, "Memory planner: predicted vs measured peak", "measured (MiB)", "predicted (MiB)"
+    )
+
+
 def depth(points: pd.DataFrame, fits: pd.DataFrame, metric: str, label: str) -> go.Figure:
-    """View 3: ``metric`` vs depth per architecture with its fitted bytes-per-layer line."""
+    """View 3: ``metric`` vs depth per architecture with its fitted bytes-per-layer line, and
+    the memory planner's prediction beside the points where the metric is the footprint."""
     fig = go.Figure()
     slopes = {r["arch_label"]: r for _, r in fits.iterrows()}
     for arch, g in points.groupby("arch_label", sort=True):
@@ -194,6 +228,21 @@ def depth(points: pd.DataFrame, fits: pd.DataFrame, metric: str, label: str) -> 
                 hovertemplate="%{text}<br>%{y:.2f} MiB<extra></extra>",
             )
         )
+        if metric == "peak_mem_delta_bytes" and "predicted_peak_bytes" in g:
+            pred = g.dropna(subset=["predicted_peak_bytes"])
+            if not pred.empty:
+                fig.add_trace(
+                    go.Scatter(
+                        x=pred["model.n_layers"],
+                        y=pred["predicted_peak_bytes"] / MIB,
+                        mode="markers",
+                        legendgroup=str(arch),
+                        showlegend=False,
+                        marker={"size": 12, "color": color(str(arch)), "symbol": "circle-open"},
+                        text=pred["case"],
+                        hovertemplate="%{text}<br>predicted %{y:.2f} MiB<extra></extra>",
+                    )
+                )
         if fit is not None:
             xs = sorted(g["model.n_layers"].astype(float).unique())
             xs = [xs[0], xs[-1]]

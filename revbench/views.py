@@ -244,7 +244,9 @@ def search_trials(df: pd.DataFrame) -> pd.DataFrame:
 def depth(df: pd.DataFrame, metric: str = "peak_mem_bytes") -> tuple[pd.DataFrame, pd.DataFrame]:
     """View 3: ``metric`` vs depth per architecture, and the least-squares line of each
     (``slope`` bytes per layer, ``intercept``; only where two or more depths were measured)."""
-    s = summarise(df, [metric]).dropna(subset=[metric, "model.n_layers"]).reset_index(drop=True)
+    extra = ["predicted_peak_bytes"] if metric == "peak_mem_delta_bytes" else []
+    s = summarise(df, [metric, *extra]).dropna(subset=[metric, "model.n_layers"])
+    s = s.reset_index(drop=True)
     fits = []
     for (suite, device, arch), g in s.groupby(
         ["suite", "device_name", "arch_label"], sort=True, dropna=False
@@ -265,6 +267,16 @@ def depth(df: pd.DataFrame, metric: str = "peak_mem_bytes") -> tuple[pd.DataFram
         )
     cols = ["suite", "device_name", "arch_label", "depths", "slope", "intercept"]
     return s, pd.DataFrame(fits, columns=cols)
+
+
+def prediction(df: pd.DataFrame) -> pd.DataFrame:
+    """The memory planner against the measurement: per point, the measured footprint
+    (``peak_mem_delta_bytes``), the planner's ``predicted_peak_bytes`` and the relative error
+    (predicted / measured - 1). Points without a prediction are left out."""
+    s = summarise(df, ["peak_mem_delta_bytes", "predicted_peak_bytes"])
+    s = s.dropna(subset=["peak_mem_delta_bytes", "predicted_peak_bytes"]).reset_index(drop=True)
+    s["error"] = s["predicted_peak_bytes"] / s["peak_mem_delta_bytes"] - 1
+    return s
 
 
 def quality_columns(df: pd.DataFrame) -> list[str]:

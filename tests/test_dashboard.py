@@ -16,7 +16,15 @@ from revbench.dashboard import command
 ROOT = Path(__file__).parent.parent
 APP = str(ROOT / "dashboard" / "app.py")
 FIXTURES = ROOT / "tests" / "fixtures" / "results"
-VIEWS = ["Trade-off", "Max batch", "Memory vs depth", "Accuracy", "Numerical drift", "Runs"]
+VIEWS = [
+    "Trade-off",
+    "Max batch",
+    "Memory vs depth",
+    "Predicted vs measured",
+    "Accuracy",
+    "Numerical drift",
+    "Runs",
+]
 
 
 def run_app(monkeypatch: pytest.MonkeyPatch, results: Path) -> AppTest:
@@ -63,10 +71,32 @@ def test_every_view_renders(monkeypatch: pytest.MonkeyPatch, fixture_copy: Path)
     assert "reported by the paper" in figs["fig_paper_max_batch"]["data"][0]["name"]
     # no accuracy columns yet: the accuracy view explains instead of failing
     assert "No accuracy or perplexity" in texts(at)
+    # the fixtures predate the planner's column: that view explains too
+    assert "No rows carry the planner's prediction" in texts(at)
     # runs table with failures and a CSV download
     tables = [df.value for df in at.dataframe if "error" in df.value.columns]
     assert any(t["error"].astype(str).str.contains("injected fault").any() for t in tables)
     assert at.get("download_button")
+
+
+def test_prediction_view_draws_predicted_against_measured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    # fixture rows of the memory suite, each given a prediction 2% above its measurement
+    files = sorted((FIXTURES / "base" / "fx_memory").glob("*__r0__*.parquet"))[:3]
+    for i, f in enumerate(files):
+        t = pq.read_table(f)
+        pred = pa.array([int(v * 1.02) for v in t["peak_mem_delta_bytes"].to_pylist()], pa.int64())
+        t = t.append_column("predicted_peak_bytes", pred).replace_schema_metadata(t.schema.metadata)
+        pq.write_table(t, tmp_path / f"row{i}.parquet")
+    at = run_app(monkeypatch, tmp_path)
+    fig = charts(at).get("fig_prediction")
+    assert fig is not None
+    names = [t.get("name") for t in fig["data"]]
+    assert "predicted = measured" in names
 
 
 def test_filters_change_what_is_shown(monkeypatch: pytest.MonkeyPatch, fixture_copy: Path) -> None:
