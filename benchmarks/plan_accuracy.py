@@ -9,7 +9,7 @@ peak-memory cases (quickstart, depth_sweep, moe, parallel and their bf16 variant
 RESULTS, which takes about 20 minutes on 2 cores.
 
     python benchmarks/plan_accuracy.py results/plan --run
-    python benchmarks/plan_accuracy.py results/reference/h100   # rows from a GPU
+    python benchmarks/plan_accuracy.py revbench/data/reference/nvidia-h100   # rows from a GPU
 """
 
 from __future__ import annotations

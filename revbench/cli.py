@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RESULTS",
         nargs="?",
         help="results folder or file (default: results, or the shipped reference rows in "
-        "results/reference when results has none)",
+        "revbench/data/reference when results has none)",
     )
     rep.add_argument("--out", required=True, metavar="DIR", help="output folder")
     rep.add_argument(

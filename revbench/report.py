@@ -25,7 +25,7 @@ from revbench.errors import RevbenchError
 
 FORMATS = ("md", "latex", "html")
 DEFAULT_RESULTS = Path("results")
-REFERENCE = Path(__file__).resolve().parent.parent / "results" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 """Measured rows shipped with the checkout, one folder per GPU (the GPU validation kit's,
 benchmarks/gpu/); shown when no results are named and ``results`` holds none of its own."""
 
@@ -405,6 +405,6 @@ def reference_note(df: pd.DataFrame) -> str:
         commits = sorted({str(c)[:12] for c in g["git_commit"].dropna()})
         parts.append(f"{name}, {when}, commit {', '.join(commits) or 'unknown'}")
     return (
-        "Reference rows shipped with revbench (results/reference, measured with the GPU "
+        "Reference rows shipped with revbench (revbench/data/reference, measured with the GPU "
         f"validation kit): {'; '.join(parts)}."
     )

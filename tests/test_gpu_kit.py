@@ -179,12 +179,12 @@ FIXTURE_ROWS = ROOT / "tests" / "fixtures" / "results" / "base"
 
 @pytest.fixture
 def reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A checkout whose results/reference holds the fixture rows, run from an empty folder."""
+    """A checkout whose revbench/data/reference holds the fixture rows, run from an empty folder."""
     import shutil
 
     from revbench import report
 
-    ref = tmp_path / "checkout" / "results" / "reference"
+    ref = tmp_path / "checkout" / "revbench" / "data" / "reference"
     shutil.copytree(FIXTURE_ROWS, ref / "fx-gpu")
     monkeypatch.setattr(report, "REFERENCE", ref.resolve())
     monkeypatch.chdir(tmp_path)

@@ -159,11 +159,14 @@ SUMMARY_COLUMNS = {
     "case": "case",
     "status": "status",
     "peak_mem_delta_bytes": "train MiB",
+    "predicted_peak_bytes": "planned MiB",
     "activation_bytes": "act MiB",
     "step_time_s_median": "step s",
     "tokens_per_s": "tokens/s",
     "mfu": "MFU",
     "max_batch_size": "max batch",
+    "predicted_max_batch_size": "planned",
+    "search_trials": "trials",
     "max_batch_tokens_per_s": "tok/s at max",
     "error": "error",
 }
@@ -183,6 +186,17 @@ def _cell(col: str, v: Any) -> str:
     if isinstance(v, float):
         return f"{v:,.0f}"
     return str(v)[:90]
+
+
+def _planner_error(g: Any) -> str | None:
+    """How far the memory planner was from the measured footprints (|error| median, max)."""
+    if "predicted_peak_bytes" not in g or "peak_mem_delta_bytes" not in g:
+        return None
+    both = g.dropna(subset=["predicted_peak_bytes", "peak_mem_delta_bytes"])
+    if both.empty:
+        return None
+    err = (both["predicted_peak_bytes"] / both["peak_mem_delta_bytes"] - 1).abs()
+    return f"  planner: |error| median {err.median():.1%}, max {err.max():.1%} ({len(err)} rows)"
 
 
 def summary(results: Path) -> str:
@@ -217,6 +231,9 @@ def summary(results: Path) -> str:
         widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
         for row in table:
             lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        planned = _planner_error(g)
+        if planned:
+            lines.append(planned)
     return "\n".join(lines) + "\n"
 
 
