@@ -163,8 +163,74 @@ class Scheme:
         raise NotImplementedError
 
 
+class TwoStep(Scheme):
+    """A two-step recurrence on the state (p_{l-1}, p_l) -> (p_l, p_{l+1}):
+
+        p_{l+1} = a p_{l-1} + c p_l + s f(p_l)
+        inverse  p_{l-1} = (p_{l+1} - c p_l - s f(p_l)) / a      (a != 0)
+        adjoint  g_{l-1} = a g_{l+1},   g_l <- g_l + c g_{l+1} + s J^T g_{l+1}
+
+    with J = df/dp at p_l. Midpoint and leapfrog are two choices of (a, c, s)
+    (``coefficients``); a coefficient of 0 or 1 is skipped, so plain midpoint computes
+    p_{l-1} + 2h f(p_l) exactly as written."""
+
+    @property
+    def coefficients(self) -> tuple[float, float, float]:
+        """(a, c, s)."""
+        raise NotImplementedError
+
+    def _combine(self, prev: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
+        a, c, s = self.coefficients
+        out = prev if a == 1 else -prev if a == -1 else prev * a
+        if c:
+            out = torch.add(out, cur, alpha=c) if a == 1 else cur * c + out
+        return torch.add(out, fc, alpha=s)
+
+    def _rebuild_(self, nxt: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
+        """p_{l-1} from p_{l+1}, in ``nxt``'s memory."""
+        a, c, s = self.coefficients
+        nxt.sub_(fc, alpha=s)
+        if c:
+            nxt.sub_(cur, alpha=c)
+        return nxt if a == 1 else nxt.neg_() if a == -1 else nxt.div_(a)
+
+    def forward_step(self, x: State, block: Block) -> State:
+        prev, cur = x
+        return cur, self._combine(prev, cur, block.f(cur))
+
+    @torch.no_grad()
+    def inverse_step(self, y: State, block: Block) -> State:
+        cur, nxt = y
+        return self._rebuild_(nxt.clone(), cur, block.f(cur)), cur
+
+    def backward_step(
+        self,
+        y: list[Tensor],
+        g: Grads,
+        block: Block,
+        params: Sequence[Tensor],
+        rebuild: bool = True,
+    ) -> Grads:
+        a, c, s = self.coefficients
+        cur, nxt = y
+        r = Recompute(block.f, cur)  # the one recompute, on the known p_l
+        with torch.no_grad():
+            y[:] = [self._rebuild_(nxt, cur, r.value) if rebuild else None, cur]
+        r.release()
+        del nxt
+        g_cur, g_nxt = g
+        g.clear()
+        (jg,), grads = r.vjp([g_nxt], params)
+        g_cur = axpy(g_cur, jg, s) if g_cur is not None else scaled(jg, s, g_nxt)
+        del jg
+        if c:
+            g_cur = axpy(g_cur, g_nxt, c)
+        g[:] = [scaled(g_nxt, a), g_cur]
+        return scale(grads, s)
+
+
 @dataclass(frozen=True)
-class Midpoint(Scheme):
+class Midpoint(TwoStep):
     """Midpoint (leapfrog-in-time) step, state (p_{l-1}, p_l) -> (p_l, p_{l+1}).
 
     Plain (``a`` None), Gal et al. Eq. 2.4:
@@ -182,59 +248,14 @@ class Midpoint(Scheme):
     a: float | None = None
 
     @property
-    def _branch_scale(self) -> float:
-        return 2 * self.h if self.a is None else self.h
-
-    def _combine(self, prev: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
+    def coefficients(self) -> tuple[float, float, float]:
         if self.a is None:
-            return torch.add(prev, fc, alpha=self._branch_scale)
-        return torch.add(torch.add(prev * self.a, cur, alpha=1 - self.a), fc, alpha=self.h)
-
-    def _rebuild_(self, nxt: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
-        """p_{l-1} from p_{l+1}, in ``nxt``'s memory."""
-        nxt.sub_(fc, alpha=self._branch_scale)
-        if self.a is not None:
-            nxt.sub_(cur, alpha=1 - self.a).div_(self.a)
-        return nxt
-
-    def forward_step(self, x: State, block: Block) -> State:
-        prev, cur = x
-        return cur, self._combine(prev, cur, block.f(cur))
-
-    @torch.no_grad()
-    def inverse_step(self, y: State, block: Block) -> State:
-        cur, nxt = y
-        return self._rebuild_(nxt.clone(), cur, block.f(cur)), cur
-
-    def backward_step(
-        self,
-        y: list[Tensor],
-        g: Grads,
-        block: Block,
-        params: Sequence[Tensor],
-        rebuild: bool = True,
-    ) -> Grads:
-        cur, nxt = y
-        r = Recompute(block.f, cur)  # the one recompute, on the known p_l
-        with torch.no_grad():
-            y[:] = [self._rebuild_(nxt, cur, r.value) if rebuild else None, cur]
-        r.release()
-        del nxt
-        g_cur, g_nxt = g
-        g.clear()
-        (jg,), grads = r.vjp([g_nxt], params)
-        s = self._branch_scale
-        g_cur = axpy(g_cur, jg, s) if g_cur is not None else scaled(jg, s, g_nxt)
-        del jg
-        if self.a is not None:
-            g_cur = axpy(g_cur, g_nxt, 1 - self.a)
-            g_nxt = scaled(g_nxt, self.a)
-        g[:] = [g_nxt, g_cur]
-        return scale(grads, self._branch_scale)
+            return 1.0, 0.0, 2 * self.h
+        return self.a, 1 - self.a, self.h
 
 
 @dataclass(frozen=True)
-class Leapfrog(Scheme):
+class Leapfrog(TwoStep):
     """Leapfrog (Verlet) step, state (p_{l-1}, p_l) -> (p_l, p_{l+1}) (Gal et al.):
 
         p_{l+1} = 2 p_l - p_{l-1} + h^2 f(p_l)    inverse  p_{l-1} = 2 p_l - p_{l+1} + h^2 f(p_l)
@@ -246,44 +267,9 @@ class Leapfrog(Scheme):
 
     h: float = 1.0
 
-    def _combine(self, prev: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
-        return torch.add(2 * cur - prev, fc, alpha=self.h * self.h)
-
-    def _rebuild_(self, nxt: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
-        return nxt.neg_().add_(cur, alpha=2).add_(fc, alpha=self.h * self.h)
-
-    def forward_step(self, x: State, block: Block) -> State:
-        prev, cur = x
-        return cur, self._combine(prev, cur, block.f(cur))
-
-    @torch.no_grad()
-    def inverse_step(self, y: State, block: Block) -> State:
-        cur, nxt = y
-        return self._rebuild_(nxt.clone(), cur, block.f(cur)), cur
-
-    def backward_step(
-        self,
-        y: list[Tensor],
-        g: Grads,
-        block: Block,
-        params: Sequence[Tensor],
-        rebuild: bool = True,
-    ) -> Grads:
-        cur, nxt = y
-        r = Recompute(block.f, cur)  # the one recompute, on the known p_l
-        with torch.no_grad():
-            y[:] = [self._rebuild_(nxt, cur, r.value) if rebuild else None, cur]
-        r.release()
-        del nxt
-        g_cur, g_nxt = g
-        g.clear()
-        (jg,), grads = r.vjp([g_nxt], params)
-        h2 = self.h * self.h
-        g_cur = axpy(g_cur, jg, h2) if g_cur is not None else scaled(jg, h2, g_nxt)
-        del jg
-        g_cur = axpy(g_cur, g_nxt, 2.0)
-        g[:] = [scaled(g_nxt, -1.0), g_cur]
-        return scale(grads, self.h * self.h)
+    @property
+    def coefficients(self) -> tuple[float, float, float]:
+        return -1.0, 2.0, self.h * self.h
 
 
 Branch = Literal["attn_branch", "mlp_branch", "f"]
