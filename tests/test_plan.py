@@ -142,11 +142,12 @@ def test_the_replay_follows_a_live_tensor_trace(arch: str, block: str, dtype: st
     D = dims_of(kw, {"batch_size": 4, "seq_len": 64}, {"dtype": dtype, "device": "cpu"})
     replayed = replay_step(D, allocator=False).peak - 8 * D.N  # the ids existed before
     traced = _traced_peak(kw, 4, 64, dtype)
-    # Measured: within 0.7% for most cases in float32; the same case traced in two processes
-    # differs by up to 6% where the CPU attention backward is the peak (revnet/llama), and
-    # under autocast a few casts and RevFFN's adapters are approximated (within 9%)
-    bound = 0.07 if dtype == "float32" else 0.10
-    assert abs(replayed - traced) <= bound * traced, replayed / traced - 1
+    # Measured: within 0.7% for most cases in float32. The real step itself varies between
+    # processes by up to one (B, T, C) tensor in some cases (the traced peak of revnet and
+    # hamiltonian moved by exactly one slot between runs), and under autocast a few casts and
+    # RevFFN's adapters are approximated: the bound is a few percent plus one slot.
+    bound = 0.02 if dtype == "float32" else 0.06
+    assert abs(replayed - traced) <= bound * traced + D.slot, replayed / traced - 1
 
 
 SUITE = """
