@@ -220,7 +220,6 @@ def _head_peak(step: Any, reset: Any, peak: Any) -> int:
     import torch
 
     from revbench.models.head import next_token_targets
-    from revbench.models.output import next_token_loss
 
     model, ids = step.model, step.input_ids
     dtype = next(model.parameters()).dtype
@@ -230,10 +229,7 @@ def _head_peak(step: Any, reset: Any, peak: Any) -> int:
     ).requires_grad_()
     before = reset()
     with step.autocast():
-        if model.head.materialises_logits:
-            loss = next_token_loss(model.head(h), ids)
-        else:
-            loss = model.head.loss(h, next_token_targets(ids))
+        loss = model.head.loss(h, next_token_targets(ids))[1]  # the logits go with the tuple
     loss.backward()
     grown = peak() - before
     step.optimizer.zero_grad(set_to_none=True)

@@ -41,7 +41,8 @@ class LMHead(nn.Module):
 
     ``loss`` computes the training loss the way the config asks: from the full logits, in
     chunks of ``head_chunk_tokens`` tokens without ever materialising them (``head.py``), or
-    with Liger-Kernel's fused kernel (``head_impl: liger``)."""
+    with Liger-Kernel's fused kernel (``head_impl: liger``). The model's forward and the
+    ``head_peak_bytes`` measurement both go through it."""
 
     def __init__(self, cfg: ModelConfig, embedding: nn.Embedding) -> None:
         super().__init__()
@@ -60,14 +61,21 @@ class LMHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(self.norm(x))  # (B, T, V)
 
-    def loss(self, x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of ``targets`` (B, T) (-100: none) from the final states ``x``
-        (B, T, C), without the full logits (``materialises_logits`` False)."""
+    def loss(
+        self, x: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(logits, mean cross-entropy of ``targets``) from the final states ``x`` (B, T, C);
+        ``targets`` (B, T) are aligned with the positions, -100 where none is scored. The
+        logits (B, T, V) are None when the head does not materialise them."""
+        if self.materialises_logits:
+            logits = self(x)  # (B, T, V)
+            return logits, position_loss(logits, targets)
         hidden = self.norm(x).flatten(0, 1)  # (B*T, C)
         flat = targets.reshape(-1)  # (B*T,)
         if self.impl == "liger":
-            return liger_cross_entropy(hidden, self.proj.weight, flat)
-        return chunked_head_loss(hidden, self.proj.weight, CrossEntropy(flat), self.chunk_tokens)
+            return None, liger_cross_entropy(hidden, self.proj.weight, flat)
+        chunks = CrossEntropy(flat)
+        return None, chunked_head_loss(hidden, self.proj.weight, chunks, self.chunk_tokens)
 
 
 def loss_dtype(logits: torch.Tensor) -> torch.Tensor:
@@ -75,16 +83,17 @@ def loss_dtype(logits: torch.Tensor) -> torch.Tensor:
     return logits if logits.dtype == torch.float64 else logits.float()
 
 
-def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of predicting token t+1 from position t.
+def position_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``targets`` (B, T) at each position (-100: not scored).
 
-    Scored on the whole (B*T, V) view of the logits with the last position's target ignored,
-    rather than on ``logits[:, :-1]``: the slice is not contiguous, so flattening it would copy
-    the logits (and its backward would zero-fill another logits-sized buffer)."""
+    Next-token targets come aligned (``next_token_targets``: the last position ignored), so the
+    loss reads the whole (B*T, V) view of the logits rather than ``logits[:, :-1]``: that slice
+    is not contiguous, so flattening it would copy the logits (and its backward would zero-fill
+    another logits-sized buffer)."""
     V = logits.size(-1)
     return F.cross_entropy(
         loss_dtype(logits.reshape(-1, V)),  # (B*T, V), a view
-        next_token_targets(labels).reshape(-1),  # (B*T,), -100 at each last position
+        targets.reshape(-1),  # (B*T,)
         ignore_index=-100,
     )
 
@@ -132,15 +141,6 @@ class LanguageModel(nn.Module):
             raise ValueError("give labels (next-token) or targets (per position), not both")
         if labels is None and targets is None:
             return ModelOutput(logits=self.head(h), loss=None, aux_loss=aux_loss)
-        if not self.head.materialises_logits:
-            aligned = next_token_targets(labels) if labels is not None else targets
-            return ModelOutput(logits=None, loss=self.head.loss(h, aligned), aux_loss=aux_loss)
-        logits = self.head(h)  # (B, T, V)
-        if labels is not None:
-            loss = next_token_loss(logits, labels)
-        else:
-            V = logits.size(-1)
-            loss = F.cross_entropy(
-                loss_dtype(logits.reshape(-1, V)), targets.reshape(-1), ignore_index=-100
-            )
+        aligned = next_token_targets(labels) if labels is not None else targets
+        logits, loss = self.head.loss(h, aligned)
         return ModelOutput(logits=logits, loss=loss, aux_loss=aux_loss)
