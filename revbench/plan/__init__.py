@@ -46,17 +46,6 @@ class MemoryPlan:
     batch_size: int
     seq_len: int
 
-    def breakdown(self) -> dict[str, int]:
-        """The peak split into the fixed part and what the step adds."""
-        fixed = self.param_bytes + self.optimizer_state_bytes
-        return {
-            "parameters": self.param_bytes,
-            "optimizer state": self.optimizer_state_bytes,
-            "gradients": self.grad_bytes,
-            "saved activations": self.activation_bytes,
-            "step peak above parameters and state": self.peak_bytes - fixed,
-        }
-
 
 def predict_dims(D: Dims) -> MemoryPlan:
     """The plan of a case given as ``Dims``."""

@@ -87,6 +87,14 @@ class Dims:
         return getattr(ARCHITECTURES.get(self.cfg.arch), "recompute", "block")
 
     @property
+    def attention_output_copied(self) -> bool:
+        """Whether attention's output is copied to (B, T, H, hs) order for the projection: the
+        CPU kernel lays its output out like q, so a contiguous q (rotated: llama) gives a
+        (B, H, T, hs) output; CUDA's flash and memory-efficient kernels always write
+        (B, T, H, hs)."""
+        return self.device == "cpu" and self.llama
+
+    @property
     def moe(self) -> bool:
         """The FFN is routed experts (``moe``, or ``revffn`` with experts)."""
         return self.cfg.n_experts > 0

@@ -20,6 +20,13 @@ per-op traces of live tensors (tests/test_plan.py compares the replay with such 
 from __future__ import annotations
 
 from revbench.plan.dims import INT64, Dims
+from revbench.plan.params import (
+    block_shapes,
+    charged,
+    grad_bytes,
+    optimizer_step_transient,
+    root_shapes,
+)
 from revbench.plan.timeline import Buf, Timeline
 
 
@@ -39,8 +46,6 @@ class Step:
         self.whole: Buf | None = None
         self.block_grads: list[Buf] = []
         self.in_flight: Buf | None = None
-        from revbench.plan.params import block_shapes, root_shapes
-
         self.block_bytes = D.s * sum(block_shapes(D.cfg))
         self.root_bytes = D.s * sum(root_shapes(D.cfg))
 
@@ -55,8 +60,6 @@ class Step:
         if D.parallel == "ddp" and self.buckets is None:
             # DDP copies gradients into flat buckets for its all-reduce: all of them, from the
             # first gradient on
-            from revbench.plan.params import grad_bytes
-
             self.buckets = tl.new(grad_bytes(D), "DDP gradient buckets")
         if D.parallel == "fsdp":
             self.block_grads.append(grad)
@@ -236,7 +239,7 @@ class Step:
         sdpa_saved += [*rotated, out, lse]
         tl.drop(qkv, n1, *rotated)
         y = out
-        if D.device == "cpu" and D.llama:  # the CPU kernel's output follows q's layout
+        if D.attention_output_copied:
             y = tl.new(D.a * N * d, f"{where} attention output (contiguous)")
             tl.drop(out)
         proj, proj_saved = self.linear(y, N, d, d, f"{where} proj", cast=False)
@@ -908,7 +911,7 @@ class Step:
             sdpa += [q, kvp, out, lse]
         tl.drop(q, kvp, nq, nk, *rotated)
         y = out
-        if D.device == "cpu" and D.llama:
+        if D.attention_output_copied:
             y = tl.new(D.a * N * d, "attention output (contiguous)")
             tl.drop(out)
         proj, ps = self.linear(y, N, d, d, "attention proj", cast=False)
@@ -1020,8 +1023,6 @@ def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
     optimizer state); its ``peak`` is the step's, ``marks`` has the backward's start.
     ``allocator`` False books tensors' own bytes (to compare with a trace of live tensors)
     instead of what the allocator charges for them."""
-    from revbench.plan.params import grad_bytes, optimizer_step_transient
-
     charge = D.charge if allocator else None
     tl = Timeline(base + INT64 * D.N, charge)  # and the batch's token ids
     step = Step(D, tl)
@@ -1047,9 +1048,6 @@ def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
     # every gradient exists now (the replay booked them as they came); a first step makes
     # the optimizer's state here
     if not D.warm_optimizer:
-        from revbench.plan.params import charged
-
         tl.new(charged(D, "optimizer"), "optimizer state (first step)")
     tl.temp(optimizer_step_transient(D), "optimizer step")
-    tl.marks["gradients"] = grad_bytes(D)
     return tl

@@ -76,17 +76,10 @@ def attention(D: Dims, where: str = "attention") -> list[Term]:
         out += [Term(f"{where} rotated q, k", D.a * N * (d + kv))]
     out += [Term(f"{where} output", D.a * N * d)]
     out += [Term(f"{where} log-sum-exp", D.st * D.B * D.H * D.T)]
-    if _output_copied(D):
+    if D.attention_output_copied:
         out += [Term(f"{where} output (contiguous)", D.a * N * d)]
     out += linear(D, f"{where} proj", d, d, input_new=False)[1:] if D.autocast else []
     return out
-
-
-def _output_copied(D: Dims) -> bool:
-    """Whether attention's output is copied to (B, T, H, hs) order for the projection: the CPU
-    kernel lays its output out like q, so a contiguous q (rotated) gives a (B, H, T, hs) output;
-    CUDA's flash and memory-efficient kernels always write (B, T, H, hs)."""
-    return D.device == "cpu" and D.llama
 
 
 def mlp(
