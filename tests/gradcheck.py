@@ -7,6 +7,8 @@ auxiliary loss when the model has one.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -36,3 +38,16 @@ def grad_error(model: torch.nn.Module, ids: torch.Tensor) -> tuple[float, float]
     loss_p, grads_p = loss_and_grads(model, ids, reversible=False)
     assert grads_r.keys() == grads_p.keys()
     return rel(loss_r, loss_p), max(rel(grads_r[n], grads_p[n]) for n in grads_p)
+
+
+def reversible_node(t: torch.Tensor) -> Any:
+    """The (one) reversible Function node in ``t``'s autograd graph: its ``ctx``."""
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        n = stack.pop()
+        if n is None or n in seen:
+            continue
+        seen.add(n)
+        stack.extend(f for f, _ in n.next_functions)
+    (rev,) = [n for n in seen if type(n).__name__ == "ReversibleFunctionBackward"]
+    return rev

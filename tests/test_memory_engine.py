@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import torch
+from gradcheck import reversible_node
 from livebytes import LiveBytes
 
 from revbench.models import ARCHITECTURES, ModelConfig, build_model
@@ -108,7 +109,7 @@ def test_backward_keeps_states_and_gradients_only(arch: str, over: dict[str, Any
     with LiveBytes() as tracker:
         model.steps = [(Recorder(s, tracker, log), b) for s, b in model.steps]
         loss = model(ids, labels=ids).loss
-        final = sum(s.untyped_storage().nbytes() for s in _final_state(loss))
+        final = sum(s.untyped_storage().nbytes() for s in reversible_node(loss).final)
         loss.backward()
     assert len(log) == len(model.steps)
     eps = S // 4  # scalars, index tensors: far below one slot
@@ -133,16 +134,3 @@ def test_a_step_adds_no_more_than_its_branch_recompute(arch: str) -> None:
             rec["added"] / S,
             ref / S,
         )
-
-
-def _final_state(loss: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    seen, stack = set(), [loss.grad_fn]
-    while stack:
-        n = stack.pop()
-        if n is None or n in seen:
-            continue
-        seen.add(n)
-        if type(n).__name__ == "ReversibleFunctionBackward":
-            return n.final
-        stack.extend(f for f, _ in n.next_functions)
-    raise AssertionError("no reversible Function in the graph")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gradcheck import grad_error, loss_and_grads, rel
+from gradcheck import grad_error, loss_and_grads, rel, reversible_node
 
 from revbench.models import ModelConfig, build_model
 
@@ -132,23 +132,11 @@ def test_no_grad_and_eval_use_the_plain_path() -> None:
     torch.testing.assert_close(logits, out.logits, rtol=0, atol=0)
 
 
-def _function_node(t: torch.Tensor) -> object:
-    seen, stack = set(), [t.grad_fn]
-    while stack:  # find the reversible Function in the graph
-        n = stack.pop()
-        if n is None or n in seen:
-            continue
-        seen.add(n)
-        stack.extend(f for f, _ in n.next_functions)
-    (rev,) = [n for n in seen if type(n).__name__ == "ReversibleFunctionBackward"]
-    return rev
-
-
 def test_function_keeps_only_the_final_states_and_gives_them_up() -> None:
     model = tiny_model("midpoint", n_layers=3)
     ids = batch()
     out = model(ids, labels=ids)
-    rev = _function_node(out.loss)
+    rev = reversible_node(out.loss)
     # Nothing through save_for_backward (it would pin the states for the whole backward); the
     # final pair on ctx, which the backward takes and rebuilds in place.
     assert rev.saved_tensors == ()

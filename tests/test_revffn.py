@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from gradcheck import grad_error, loss_and_grads, rel
+from gradcheck import grad_error, loss_and_grads, rel, reversible_node
 
 from revbench.measure.memory import SavedTensors
 from revbench.models import ModelConfig, build_model, reconstruction_errors
@@ -72,14 +72,7 @@ def test_aux_loss_gradient_reaches_the_router_through_the_function() -> None:
 
 def test_function_saves_only_the_final_halves_and_aux() -> None:
     out = model(revffn_query="x2")(batch())
-    seen, stack = set(), [out.aux_loss.grad_fn]
-    while stack:
-        n = stack.pop()
-        if n is None or n in seen:
-            continue
-        seen.add(n)
-        stack.extend(f for f, _ in n.next_functions)
-    (rev,) = [n for n in seen if type(n).__name__ == "ReversibleFunctionBackward"]
+    rev = reversible_node(out.aux_loss)
     assert rev.saved_tensors == ()
     shapes = sorted(tuple(t.shape) for t in rev.final)
     assert shapes == [(), (2, 12, 8), (2, 12, 8)]
