@@ -1,6 +1,7 @@
 """The ``revbench`` command: parse arguments, call the library, turn known errors into one line.
 
-Exit codes: 0 success, 1 some cases failed, 2 bad input (suite, config, results path).
+Exit codes: 0 success, 1 some cases failed, 2 bad input (suite, config, results path),
+3 results could not be saved (disk full, folder in use by another run; ``--resume`` finishes).
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ import sys
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from revbench import __version__
-from revbench.errors import RevbenchError
+from revbench.errors import OutputError, RevbenchError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_SAVED = 0, 1, 2, 3
 
 
 def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from revbench.results import check_out_dir
     from revbench.runner import plan, run_suite, summary_table
     from revbench.suite import load_suite
 
     if args.dry_run:
-        suite = load_suite(args.suite)
+        suite = load_suite(args.suite, max_case_runs=args.max_case_runs)
+        check_out_dir(args.out, create=False)
         todo, skipped = plan(suite, args.out, resume=args.resume, only=args.only)
         table = Table(
             title=f"{suite.name}: {len(todo)} case runs planned, {skipped} already "
@@ -33,16 +37,17 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         for col in ("#", "case", "repeat", "config hash", "metrics"):
             table.add_column(col)
         for case, rep in todo:
-            table.add_row(
-                str(case.index), case.name, str(rep), case.config_hash, ",".join(case.metrics)
-            )
+            cells = (str(case.index), case.name, str(rep), case.config_hash, ",".join(case.metrics))
+            table.add_row(*map(escape, cells))
         out.print(table)
         return EXIT_OK
     from revbench.executors import make_executor
     from revbench.resources import Resources
 
     resources = Resources.parse(_key_values(args.resources), "--resources")
-    load_suite(args.suite)  # a bad suite is reported before any cluster is started
+    # A bad suite or --out is reported before any cluster is started.
+    load_suite(args.suite, max_case_runs=args.max_case_runs)
+    check_out_dir(args.out, create=True)
     executor = make_executor(
         args.executor,
         address=args.address,
@@ -63,6 +68,8 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             console=err,
             executor=executor,
             resources=resources,
+            wait=args.wait,
+            max_case_runs=args.max_case_runs,
         )
     finally:
         executor.close()
@@ -71,6 +78,16 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         err.print(f"{len(report.failed)} of {len(report.rows)} case runs failed")
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 0 < value < 2**63:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text[:40]!r}")
+    return value
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -95,7 +112,7 @@ def _cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.suite import load_suite
 
     suite = load_suite(args.suite)
-    out.print(f"{args.suite}: ok, suite '{suite.name}' with {len(suite.cases)} cases")
+    out.print(escape(f"{args.suite}: ok, suite '{suite.name}' with {len(suite.cases)} cases"))
     return EXIT_OK
 
 
@@ -148,7 +165,10 @@ def _cmd_compare(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     result = compare_paths(args.base, args.new, args.max_regression)
     print(result.markdown(), end="")
-    return EXIT_FAILED if len(result.regressions) else EXIT_OK
+    if result.only_base or not result.matched:
+        missing = len(result.only_base)
+        err.print(f"{missing} case(s) of BASE missing from NEW; {result.matched} matched")
+    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def _cmd_convert(args: argparse.Namespace, out: Console, err: Console) -> int:
@@ -224,6 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate and list the planned case runs; run and write nothing",
     )
     run.add_argument("--quiet", action="store_true", help="no progress output (CI logs)")
+    run.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another revbench run is writing the same results folder, wait for it "
+        "(default: refuse at once)",
+    )
+    run.add_argument(
+        "--max-case-runs",
+        type=_positive_int,
+        metavar="N",
+        help="refuse a suite expanding to more case runs than N (default: the suite's "
+        "max_case_runs, else 10000)",
+    )
     run.add_argument(
         "--executor",
         default="local",
@@ -398,6 +431,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = Console(width=200)
     try:
         return args.func(args, out, err)
+    except OutputError as e:
+        print(f"revbench: error: {e}", file=sys.stderr)
+        return EXIT_NOT_SAVED
     except RevbenchError as e:
         print(f"revbench: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -5,12 +5,14 @@ matches and a changed setting never does). Each side's value is the point the vi
 median row over repeats when there is one. A metric regresses when it moves the wrong way by
 more than the threshold: memory up, throughput or max batch down, accuracy down (perplexity up).
 A case that was ok in BASE and failed in NEW is a regression too: a PR that breaks a case should
-not pass silently.
+not pass silently; so do cases of BASE missing from NEW, and two sets that share no case (the
+comparison fails instead of saying "no regression" about nothing).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import re
 from pathlib import Path
 
@@ -69,6 +71,12 @@ class Comparison:
     def regressions(self) -> pd.DataFrame:
         return self.table[self.table["regressed"]]
 
+    @property
+    def failed(self) -> bool:
+        """A regression, a case of BASE missing from NEW, or nothing compared at all: each
+        fails the comparison (``revbench compare`` exits 1)."""
+        return bool(len(self.regressions) or self.only_base or not self.matched)
+
     def markdown(self) -> str:
         """The PR comment: a header line, the verdict, the delta table, unmatched cases."""
         n_reg = len(self.regressions)
@@ -80,14 +88,19 @@ class Comparison:
             "",
             f"**{n_reg} regression{'s' if n_reg != 1 else ''}.**"
             if n_reg
-            else f"No regression past {self.threshold:.1%}.",
+            else f"No regression past {self.threshold:.1%} in the matched cases."
+            if self.matched
+            else "**No case in common: nothing was compared.**",
             "",
         ]
+        if self.only_base:
+            k = len(self.only_base)
+            lines += [f"**{k} case{'s' if k != 1 else ''} of BASE missing from NEW.**", ""]
         if len(self.table):
             shown = pd.DataFrame(
                 {
-                    "suite": self.table["suite"],
-                    "case": self.table["case"],
+                    "suite": [_text(v) for v in self.table["suite"]],
+                    "case": [_text(v) for v in self.table["case"]],
                     "metric": self.table["metric"],
                     "BASE": [
                         _fmt(v, d)
@@ -106,13 +119,20 @@ class Comparison:
             lines.append(tables.markdown(shown, right=("BASE", "NEW", "change")))
         for side, cases in (("BASE", self.only_base), ("NEW", self.only_new)):
             if cases:
-                lines.append(f"Only in {side}: {', '.join(cases)}.\n")
+                lines.append(f"Only in {side}: {', '.join(map(_text, cases))}.\n")
         return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _text(v: object) -> str:
+    """A name from the results as markdown text: HTML escaped (the table goes into PR
+    comments), table pipes and line breaks neutralised."""
+    text = html.escape(str(v))
+    return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
 def _fmt(v: object, digits: int) -> str:
     if isinstance(v, str):
-        return v
+        return _text(v)
     return tables.fmt_number(v, digits)
 
 

@@ -17,3 +17,8 @@ class SuiteError(RevbenchError):
 
 class ResultsError(RevbenchError):
     """A results folder or parquet file that cannot be read or written."""
+
+
+class OutputError(RevbenchError):
+    """Results could not be saved (disk full, folder gone or unwritable, in use by another
+    run); rows written before it are intact and ``--resume`` finishes the suite."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import statistics
+import tempfile
 import types
 import typing
 import warnings
@@ -189,6 +190,67 @@ def write_row(row: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def writable_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` if it fits the schema, else the row without the metric values that do not fit
+    (a value overflowing its column, a wrong type, an unknown column), with status ``error``
+    and the reason: a case that ran is never lost to a value that cannot be stored."""
+    schema = arrow_schema()
+    try:
+        if set(row) <= set(schema.names):
+            pa.Table.from_pylist([row], schema=schema)
+            return row
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        pass
+    keep = {c.name for c in (*PROVENANCE, *config_columns(), *OUTCOME)}
+    bad = []
+    out: dict[str, Any] = {}
+    for name, value in row.items():
+        if name in keep:
+            out[name] = value
+            continue
+        if name not in schema.names:
+            bad.append(name)
+            continue
+        try:
+            pa.array([value], type=schema.field(name).type)
+        except (pa.ArrowException, OverflowError, TypeError, ValueError):
+            bad.append(name)
+            continue
+        out[name] = value
+    shown = ", ".join(sorted(bad)[:5]) + (", ..." if len(bad) > 5 else "")
+    reason = f"could not store {len(bad)} value(s) of the schema v{SCHEMA_VERSION}: {shown}"
+    out["status"] = "error"
+    out["error"] = f"{reason}; {row.get('error')}" if row.get("error") else reason
+    return out
+
+
+def check_out_dir(path: str | Path, *, create: bool) -> Path:
+    """``path`` as a results folder: an existing writable folder, or one that can be made (made,
+    and a file written and removed in it, when ``create``); raises ``ResultsError`` with one
+    line naming the fix otherwise."""
+    path = Path(path)
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            raise ResultsError(f"--out {path}: {probe} is a broken link; give another folder")
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ResultsError(f"--out {path}: {probe} is a file, not a folder; give a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        what = "folder" if probe == path else "parent folder"
+        raise ResultsError(f"--out {path}: {what} {probe} is not writable; give another folder")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            raise ResultsError(f"--out {path}: cannot write there ({e.strerror})") from None
+    return path
+
+
 # --- reading -------------------------------------------------------------------------------
 
 
@@ -231,15 +293,71 @@ def median_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 def _parquet_files(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".") and p.is_file())
+
+
+# Columns every row has from schema v1 on: without them a file cannot be placed or resumed.
+REQUIRED = (
+    "schema_version",
+    "suite",
+    "case",
+    "case_index",
+    "config_hash",
+    "repeat",
+    "run_id",
+    "timestamp_utc",
+    "status",
+)
+
+
+def _conform(table: pa.Table) -> tuple[pa.Table | None, str]:
+    """``table`` cast to this schema's column types, or (None, why it cannot be read)."""
+    try:
+        version = int((table.schema.metadata or {})[_META_KEY])
+    except (KeyError, ValueError):
+        return None, "not a revbench results file"
+    if version > SCHEMA_VERSION:
+        return None, (
+            f"written by a newer revbench (schema v{version}; this one reads up to "
+            f"v{SCHEMA_VERSION}): upgrade revbench to read it"
+        )
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        return None, f"missing required column(s) {', '.join(missing)}"
+    ts = table.schema.field("timestamp_utc").type
+    if not pa.types.is_timestamp(ts) or ts.tz is None:
+        return None, f"timestamp_utc is {ts}, not a UTC timestamp"
+    for name in ("repeat", "config_hash", "status", "timestamp_utc"):
+        if table.column(name).null_count:
+            return None, f"null {name}"
+    bad = set(table.column("status").to_pylist()) - set(STATUSES)
+    if bad:
+        return None, f"unknown status {sorted(map(str, bad))[0][:40]!r}"
+    schema = arrow_schema()
+    arrays, fields = [], []
+    for field in table.schema:
+        col = table.column(field.name)
+        if field.name in schema.names:
+            want = schema.field(field.name).type
+            try:
+                col = col.cast(want) if col.type != want else col
+            except (pa.ArrowException, ValueError, TypeError):
+                return None, f"column {field.name[:60]} is {col.type}, not {want}"
+            field = pa.field(field.name, want)
+        arrays.append(col)
+        fields.append(field)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields)), ""
 
 
 def load(path: str | Path) -> pd.DataFrame:
     """Every revbench row under ``path`` (a parquet file or a folder searched recursively).
 
-    Corrupt files and parquet files not written by revbench are skipped with a
-    ``ResultsWarning``; a missing path raises ``ResultsError``. An empty folder gives an empty
-    frame that still has the schema's columns.
+    Any file that cannot be read as rows of this schema is skipped with a ``ResultsWarning``
+    naming it and why: corrupt files, parquet files not written by revbench, files of a newer
+    schema version (never merged silently), files missing a required column, with a time stamp
+    without time zone, a null ``repeat`` or an unknown ``status``. Older schema versions are read
+    (their missing columns are null). A missing path raises ``ResultsError``. An empty folder
+    gives an empty frame that still has the schema's columns.
     """
     root = Path(path)
     if not root.exists():
@@ -247,19 +365,25 @@ def load(path: str | Path) -> pd.DataFrame:
     frames = []
     for f in _parquet_files(root):
         try:
-            table = pq.read_table(f)
+            if _META_KEY not in (pq.read_schema(f).metadata or {}):
+                why = "not a revbench results file"
+                table = None
+            else:
+                table, why = _conform(pq.read_table(f))
         except Exception as e:  # pyarrow raises several types for damaged files
-            warnings.warn(f"skipping corrupt results file {f}: {e}", ResultsWarning, stacklevel=2)
+            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            table, why = None, f"corrupt ({first})"
+        if table is None:
+            warnings.warn(f"skipping {f}: {why}", ResultsWarning, stacklevel=2)
             continue
-        if _META_KEY not in (table.schema.metadata or {}):
-            warnings.warn(
-                f"skipping {f}: not a revbench results file", ResultsWarning, stacklevel=2
-            )
-            continue
-        frames.append(table.to_pandas())
+        if table.num_rows:
+            frames.append(table.to_pandas())
     if not frames:
         return arrow_schema().empty_table().to_pandas()
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     return df.sort_values(
-        ["timestamp_utc", "suite", "case_index", "repeat"], kind="stable", ignore_index=True
+        ["timestamp_utc", "suite", "case_index", "repeat"],
+        kind="stable",
+        ignore_index=True,
+        na_position="last",
     )

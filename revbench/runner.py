@@ -9,6 +9,7 @@ out-of-memory or a hang in one case becomes a row with ``status`` != ok and the 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime as dt
 import json
@@ -21,11 +22,14 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import filelock
 import pyarrow.parquet as pq
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,6 +41,7 @@ from rich.progress import (
 from rich.table import Table
 
 from revbench import results
+from revbench.errors import OutputError, ResultsError
 from revbench.executors import Executor, Job, Lost
 from revbench.executors.local import LocalExecutor
 from revbench.measure.device import HOST_COLUMNS, host_info
@@ -273,7 +278,7 @@ def _write_median(folder: Path, case: Case) -> None:
     if median is not None:
         median["timestamp_utc"] = dt.datetime.now(dt.timezone.utc)
         name = f"{_slug(case.name)}__{case.config_hash}__median.parquet"
-        results.write_row(median, folder / name)
+        _save(median, folder / name)
 
 
 def run_suite(
@@ -286,20 +291,88 @@ def run_suite(
     console: Console | None = None,
     executor: Executor | None = None,
     resources: Resources | None = None,
+    wait: bool = False,
+    max_case_runs: int | None = None,
 ) -> RunReport:
     """Validate, expand and run a suite; every case run is appended to ``out/<suite>/``.
 
     ``executor`` decides where the case runs happen (default: here, one after another); rows
     are written atomically by this process as they arrive, in whatever order they finish, so
     an interrupted run loses only the case runs in flight. ``resources`` (the command line's)
-    go over the suite's ``resources:`` block.
+    go over the suite's ``resources:`` block. The results folder is locked for the run: a
+    second run on it is refused, or waits with ``wait``.
     """
-    suite = load_suite(path)
-    todo, skipped = plan(suite, out, resume=resume, only=only)
+    suite = load_suite(path, max_case_runs=max_case_runs)
+    results.check_out_dir(out, create=True)
     folder = suite_dir(out, suite)
+    if folder.exists() and not folder.is_dir():
+        raise ResultsError(f"{folder}: is a file; the results of suite '{suite.name}' go there")
+    with _folder_lock(folder, wait=wait):
+        return _run_locked(
+            suite,
+            path,
+            out,
+            folder,
+            resume,
+            only,
+            quiet,
+            console,
+            executor,
+            asks=(suite.resources.merged(resources) if resources else suite.resources),
+        )
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, *, wait: bool) -> Iterator[None]:
+    """Hold ``folder``'s lock file for the whole run: a second ``revbench run`` on the same
+    results is refused (or, with ``wait``, waits), so no case is run twice at once."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(folder / ".revbench.lock", timeout=-1 if wait else 0)
+        lock.acquire()
+    except filelock.Timeout:
+        raise ResultsError(
+            f"{folder}: another revbench run is writing these results; wait for it, give "
+            "another --out, or pass --wait to queue behind it"
+        ) from None
+    except OSError as e:
+        raise OutputError(f"{folder}: cannot lock the results folder ({e.strerror})") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _save(row: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Write ``row`` (made storable: ``results.writable_row``); a failing disk stops the suite
+    with one line, every row written before intact."""
+    row = results.writable_row(row)
+    try:
+        results.write_row(row, path)
+    except OSError as e:
+        raise OutputError(
+            f"cannot write {path} ({e.strerror}); rows written before are kept: fix it and run "
+            "again with --resume"
+        ) from None
+    return row
+
+
+def _run_locked(
+    suite: Suite,
+    path: str | Path,
+    out: str | Path,
+    folder: Path,
+    resume: bool,
+    only: str | None,
+    quiet: bool,
+    console: Console | None,
+    executor: Executor | None,
+    *,
+    asks: Resources,
+) -> RunReport:
+    todo, skipped = plan(suite, out, resume=resume, only=only)
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     jobs = [Job(case, rep, run_id, str(path)) for case, rep in todo]
-    asks = suite.resources.merged(resources) if resources else suite.resources
     executor = executor or LocalExecutor()
     # Repeats of a case still to come in this run; at zero its median row is (re)written.
     remaining = collections.Counter(case.config_hash for case, _ in todo)
@@ -319,7 +392,7 @@ def run_suite(
             case = job.case
             row = lost_row(job, outcome) if isinstance(outcome, Lost) else outcome
             name = f"{_slug(case.name)}__{case.config_hash}__r{job.repeat}__{run_id}.parquet"
-            results.write_row(row, folder / name)
+            row = _save(row, folder / name)
             rows.append(row)
             remaining[case.config_hash] -= 1
             if case.measure["repeats"] > 1 and remaining[case.config_hash] == 0:
@@ -328,7 +401,7 @@ def run_suite(
                 mark = "[green]ok[/]" if row["status"] == "ok" else f"[red]{row['status']}[/]"
                 wall = row["wall_time_s"]
                 took = f" ({wall:.1f}s)" if wall is not None else ""
-                progress.console.print(f"{mark} {job.label}{took}")
+                progress.console.print(f"{mark} {escape(job.label)}{took}")
             progress.advance(task)
     order = {(j.case.config_hash, j.repeat): i for i, j in enumerate(jobs)}
     rows.sort(key=lambda r: order[(r["config_hash"], r["repeat"])])
@@ -353,8 +426,10 @@ def _eval(row: dict[str, Any]) -> str:
 
 def summary_table(report: RunReport) -> Table:
     table = Table(
-        title=f"{report.suite.name}: {len(report.rows)} run, {report.skipped} skipped "
-        f"(done), results in {report.out_dir}"
+        title=escape(
+            f"{report.suite.name}: {len(report.rows)} run, {report.skipped} skipped "
+            f"(done), results in {report.out_dir}"
+        )
     )
     cols = ("case", "rep", "status", "train MiB", "act MiB", "step s", "tokens/s", "eval", "error")
     for col in cols:
@@ -362,7 +437,7 @@ def summary_table(report: RunReport) -> Table:
     for r in report.rows:
         step = r.get("step_time_s_median")
         tps = r.get("tokens_per_s")
-        table.add_row(
+        cells = (
             r["case"],
             str(r["repeat"]),
             r["status"],
@@ -373,4 +448,5 @@ def summary_table(report: RunReport) -> Table:
             _eval(r),
             (r["error"] or "")[:120],
         )
+        table.add_row(*map(escape, cells))
     return table

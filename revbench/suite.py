@@ -2,7 +2,7 @@
 
 A suite is::
 
-    name: quickstart                  # [A-Za-z0-9_.-]+, names the results folder
+    name: quickstart                  # [A-Za-z0-9_.-], no leading dot; the results folder
     description: ...
     defaults:                         # every setting of a case, by section
       model: {arch: baseline, d_model: 64, ...}    # revbench.models.ModelConfig fields
@@ -30,26 +30,29 @@ import fnmatch
 import hashlib
 import itertools
 import json
-import re
+import math
+import unicodedata
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from revbench import limits, safe_yaml
 from revbench.errors import ConfigError, RevbenchError, SuiteError
+from revbench.limits import quote
+from revbench.measure.batch import parse_bytes
 from revbench.measure.metrics import METRICS
 from revbench.models import ARCHITECTURES
 from revbench.models.config import is_reversible
 from revbench.registry import did_you_mean
 from revbench.resources import Resources
-from revbench.settings import FIELDS, HASHED_IF_SET, SECTIONS, UNHASHED
+from revbench.settings import FIELDS, HASHED_IF_SET, SECTIONS, UNHASHED, MeasureSettings
 
 
 class _SuiteFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}$")]
     description: str = ""
     defaults: dict[str, dict[str, Any]] = {}
     measure: dict[str, Any] = {}
@@ -57,6 +60,7 @@ class _SuiteFile(BaseModel):
     cases: list[dict[str, Any]] = []
     metrics: Annotated[list[str], Field(min_length=1)]
     resources: dict[str, Any] = {}
+    max_case_runs: Annotated[int, Field(ge=1, le=limits.INT64_MAX)] = limits.MAX_CASE_RUNS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,32 +116,6 @@ class Suite:
 # --- loading -------------------------------------------------------------------------------
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader (no object construction, nothing executes) that also reads ``1e-3`` as a float,
-    which YAML 1.1 would leave a string."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def _read_yaml(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SuiteError(f"{path}: cannot read suite file ({e.strerror})") from None
-    try:
-        return yaml.load(text, Loader=_Loader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SuiteError(f"{path}: invalid YAML{where}: {problem}") from None
-
-
 def _fmt_loc(loc: Iterable[Any]) -> str:
     out = ""
     for part in loc:
@@ -155,19 +133,29 @@ def _check_value(where: str, key: str, value: Any) -> Any:
     try:
         value = adapter.validate_python(value)
     except ValidationError as e:
-        raise SuiteError(f"{where}: {_allowed(e.errors()[0])}, got {value!r}") from None
+        raise SuiteError(f"{where}: {_allowed(e.errors()[0])}, got {quote(value)}") from None
+    why = limits.check_number(key, value)
+    if why:
+        raise SuiteError(f"{where}: {why}")
     if key == "arch":
         try:
             ARCHITECTURES.get(value)
         except ConfigError as e:
             raise SuiteError(f"{where}: {e}") from None
+    if key == "budget" and value is not None:
+        size = parse_bytes(value)
+        if not 0 < size <= limits.INT64_MAX:
+            raise SuiteError(
+                f"{where}: must be a memory size above 0 (e.g. 24GiB), got {quote(value)}"
+            )
     return value
 
 
 def _check_key(where: str, key: Any, allowed: Iterable[str]) -> None:
     allowed = list(allowed)
     if key not in allowed:
-        raise SuiteError(f"{where}: unknown setting '{key}'{did_you_mean(str(key), allowed)}")
+        hint = did_you_mean(str(key)[:100], allowed)
+        raise SuiteError(f"{where}: unknown setting {quote(key)}{hint}")
 
 
 def _overrides(where: str, raw: dict[str, Any]) -> dict[str, Any]:
@@ -179,10 +167,13 @@ def _overrides(where: str, raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_suite(path: str | Path) -> Suite:
-    """Read, validate and expand a suite file; raises ``SuiteError`` with a one-line message."""
+def load_suite(path: str | Path, *, max_case_runs: int | None = None) -> Suite:
+    """Read, validate and expand a suite file; raises ``SuiteError`` with a one-line message.
+
+    ``max_case_runs`` (the command line's) overrides the suite's own limit on the number of
+    case runs it expands to (``limits.MAX_CASE_RUNS`` by default)."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = safe_yaml.load(path)
     if not isinstance(raw, dict):
         raise SuiteError(
             f"{path}: a suite must be a YAML mapping with name, defaults, metrics, ..."
@@ -193,25 +184,85 @@ def load_suite(path: str | Path) -> Suite:
         err = e.errors()[0]
         loc = _fmt_loc(err["loc"])
         if err["type"] == "extra_forbidden":
-            key = str(err["loc"][-1])
+            key = str(err["loc"][-1])[:100]
             hint = did_you_mean(key, list(_SuiteFile.model_fields))
-            raise SuiteError(f"{path}: unknown key '{loc}'{hint}") from None
+            raise SuiteError(f"{path}: unknown key '{loc[:80]}'{hint}") from None
+        if err["type"] == "string_pattern_mismatch" and tuple(err["loc"]) == ("name",):
+            raise SuiteError(
+                f"{path}: name: must be 1 to 100 letters, digits, _ . - not starting with '.' "
+                f"(it names the results folder), got {quote(err.get('input'))}"
+            ) from None
         if err["type"] == "missing":
             raise SuiteError(f"{path}: missing required key '{loc}'") from None
-        raise SuiteError(f"{path}: {loc}: {_allowed(err)}, got {err.get('input')!r}") from None
+        got = quote(err.get("input"))
+        raise SuiteError(f"{path}: {loc[:80]}: {_allowed(err)}, got {got}") from None
     try:
         return Suite(
             spec.name,
             spec.description,
             path,
-            tuple(_expand(spec)),
+            tuple(_expand(spec, max_case_runs or spec.max_case_runs)),
             Resources.parse(spec.resources),
         )
     except SuiteError as e:
         raise SuiteError(f"{path}: {e}") from None
 
 
-def _expand(spec: _SuiteFile) -> list[Case]:
+def _case_name(where: str, name: Any) -> str:
+    """An explicit case name: text of at most ``MAX_NAME_CHARS`` printable characters."""
+    if not isinstance(name, (str, int)) or isinstance(name, bool):
+        raise SuiteError(f"{where}.name: must be a string, got {quote(name)}")
+    text = str(name)
+    if not text.strip() or len(text) > limits.MAX_NAME_CHARS:
+        raise SuiteError(
+            f"{where}.name: must be 1 to {limits.MAX_NAME_CHARS} characters, got {quote(text)}"
+        )
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
+        raise SuiteError(f"{where}.name: contains a control character, got {quote(text)}")
+    return text
+
+
+def _point_name(pairs: Iterable[tuple[str, Any]], default: str) -> str:
+    """The generated name of a matrix point or an unnamed case: ``k=v,...``, control characters
+    replaced, cut to ``MAX_NAME_CHARS``."""
+    text = ",".join(f"{k}={v}" for k, v in pairs) or default
+    text = "".join("?" if unicodedata.category(c) in ("Cc", "Cs") else c for c in text)
+    return text[: limits.MAX_NAME_CHARS]
+
+
+def _count_runs(spec: _SuiteFile, base: dict[str, dict[str, Any]], limit: int) -> int:
+    """The number of case runs the suite expands to, computed before expanding anything (and
+    before validating each matrix value), refused above ``limit``."""
+    default = base["measure"].get("repeats", MeasureSettings.model_fields["repeats"].default)
+    for key, values in spec.matrix.items():
+        _check_key("matrix", key, FIELDS)
+        if not values:
+            raise SuiteError(f"matrix.{key}: must list at least one value")
+    matrix_runs = 0
+    if spec.matrix or not spec.cases:
+        reps = spec.matrix.get("repeats")
+        rep_sum = (
+            sum(_check_value(f"matrix.repeats[{i}]", "repeats", r) for i, r in enumerate(reps))
+            if reps
+            else default
+        )
+        matrix_runs = math.prod(len(v) for k, v in spec.matrix.items() if k != "repeats")
+        matrix_runs *= rep_sum
+    case_runs = 0
+    for i, raw in enumerate(spec.cases):
+        r = raw.get("repeats", default)
+        case_runs += _check_value(f"cases[{i}].repeats", "repeats", r)
+    total = matrix_runs + case_runs
+    if total > limit:
+        raise SuiteError(
+            f"expands to {total:,} case runs ({matrix_runs:,} from the matrix, {case_runs:,} "
+            f"from cases, repeats included), more than max_case_runs ({limit:,}); shrink the "
+            "matrix, or raise the limit with max_case_runs: in the suite or --max-case-runs"
+        )
+    return total
+
+
+def _expand(spec: _SuiteFile, max_case_runs: int = limits.MAX_CASE_RUNS) -> list[Case]:
     base: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for section, values in spec.defaults.items():
         _check_key("defaults", section, [s for s in SECTIONS if s != "measure"])
@@ -227,17 +278,13 @@ def _expand(spec: _SuiteFile) -> list[Case]:
     for i, m in enumerate(spec.metrics):
         if m not in METRICS:
             known = ", ".join(METRICS.names())
-            raise SuiteError(
-                f"metrics[{i}]: unknown metric '{m}'{did_you_mean(m, METRICS.names())}"
-                f"; known: {known}"
-            )
+            hint = did_you_mean(m[:100], METRICS.names())
+            raise SuiteError(f"metrics[{i}]: unknown metric {quote(m)}{hint}; known: {known}")
         metrics.append(m)
 
+    _count_runs(spec, base, max_case_runs)
     axes: list[list[tuple[str, Any]]] = []
     for key, values in spec.matrix.items():
-        _check_key("matrix", key, FIELDS)
-        if not values:
-            raise SuiteError(f"matrix.{key}: must list at least one value")
         axes.append(
             [(key, _check_value(f"matrix.{key}[{i}]", key, v)) for i, v in enumerate(values)]
         )
@@ -245,18 +292,18 @@ def _expand(spec: _SuiteFile) -> list[Case]:
     points: list[tuple[str, str, dict[str, Any]]] = []  # (where, name, overrides)
     if axes or not spec.cases:
         for combo in itertools.product(*axes):
-            name = ",".join(f"{k}={v}" for k, v in combo) or "default"
-            points.append((f"matrix case '{name}'", name, dict(combo)))
+            name = _point_name(combo, "default")
+            points.append((f"matrix case {quote(name)}", name, dict(combo)))
     for i, raw in enumerate(spec.cases):
         raw = dict(raw)
         name = raw.pop("name", None)
         over = _overrides(f"cases[{i}]", raw)
         name = (
-            str(name)
+            _case_name(f"cases[{i}]", name)
             if name is not None
-            else (",".join(f"{k}={v}" for k, v in over.items()) or f"case{i}")
+            else _point_name(over.items(), f"case{i}")
         )
-        points.append((f"cases[{i}] ('{name}')", name, over))
+        points.append((f"cases[{i}] ({quote(name)})", name, over))
 
     cases: list[Case] = []
     seen: dict[str, str] = {}
@@ -319,6 +366,28 @@ def _resolve(
             f"{where}: distill_trainable is adapters but arch is {resolved['model']['arch']}; "
             "only revffn has adapters (use all or blocks)"
         )
+    measure = resolved["measure"]
+    if measure["min_size"] > measure["max_size"]:
+        raise SuiteError(
+            f"{where}: min_size ({measure['min_size']}) exceeds max_size ({measure['max_size']}); "
+            "swap them or raise max_size"
+        )
+    nproc = train["nproc_per_node"]
+    if nproc > 1:
+        most = limits.max_processes(train["device"])
+        if nproc > most and (most or train["device"] != "cuda"):  # no local GPU: a cluster's
+            raise SuiteError(
+                f"{where}: nproc_per_node is {nproc} but this machine runs at most {most} "
+                "(one process per CPU core, or per GPU on cuda); lower nproc_per_node"
+            )
+    task_data = resolved["data"]["task_data"]
+    if task_data is not None:
+        from revbench.tasks.data import check_spec
+
+        try:
+            check_spec(task_data)
+        except ConfigError as e:
+            raise SuiteError(f"{where}: data.task_data: {e}") from None
     if train["nproc_per_node"] > 1 and train["parallel"] == "none":
         raise SuiteError(
             f"{where}: nproc_per_node is {train['nproc_per_node']} but parallel is none; "

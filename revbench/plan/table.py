@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from revbench.errors import RevbenchError
@@ -84,5 +85,5 @@ def plan_table(suite_path: str | Path, wanted: list[Target], device: str | None 
         for t in wanted:
             tdev = None if t.device == "auto" else t.device
             row.append(f"{predict_max_batch(case, t.memory_bytes, device=tdev):,}")
-        table.add_row(*row)
+        table.add_row(*map(escape, row))
     return table

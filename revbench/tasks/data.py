@@ -14,6 +14,7 @@ import pandas as pd
 import torch
 
 from revbench.errors import ConfigError
+from revbench.limits import quote
 from revbench.registry import did_you_mean
 
 SHIPPED = {"kjv": "kjv_genesis_exodus.txt", "tweets": "tweets_sentiment.csv"}
@@ -51,6 +52,19 @@ def _read_hub(spec: str, split: str) -> pd.DataFrame:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"data '{spec}': cannot load from the hub ({first})") from None
     return ds.to_pandas()
+
+
+def check_spec(spec: str) -> None:
+    """Fail now, not mid-suite, when ``spec`` names a local file that is not there (a shipped
+    name or a hub data set is checked when it is read)."""
+    if spec in SHIPPED:
+        return
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in _LOCAL or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"data {quote(spec)}: no such file")
+        if path.suffix.lower() not in _LOCAL:
+            raise ConfigError(f"data {quote(spec)}: unknown format; use one of {sorted(_LOCAL)}")
 
 
 def load_table(spec: str, split: str = "train") -> pd.DataFrame:
