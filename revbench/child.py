@@ -2,7 +2,8 @@
 
 Measures one metric of one case and writes ``{"status", "error", "columns"}`` as JSON. Plain
 data in, plain data out; the traceback of a failure goes to stderr, which the runner keeps.
-Out-of-memory is recognised by exception type, never by message text.
+Out-of-memory is recognised by exception type (``torch.OutOfMemoryError``, ``MemoryError``), and
+by one message: torch's CPU allocator reports a refused host allocation as a RuntimeError.
 
 A parallel case runs this on every torchrun rank. Every rank measures; when all succeed, rank 0
 gathers their columns and writes the case's (the metric's ``combine``). A rank that fails
@@ -14,7 +15,6 @@ so an out-of-memory on one rank is not masked by the broken connection its peers
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -23,16 +23,6 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to SIGKILL this process when the runner dies, so a killed runner leaves no
-    orphan measuring in the background."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _inject(fault: str) -> None:
@@ -68,18 +58,54 @@ def run(case_file: Path, metric: str) -> dict[str, Any]:
 
     case = Case.from_dict(json.loads(case_file.read_text()))
     try:
+        _cap_memory(case, resolve_device(case.train["device"]).type)
         _inject(case.measure["fault"])
         if case.train["parallel"] != "none":
             parallel.init(case)
         columns = METRICS.get(metric).measure(case)
         columns.update(device_info(resolve_device(case.train["device"])))
         return {"status": "ok", "error": None, "columns": columns}
-    except torch.OutOfMemoryError as e:
+    except (torch.OutOfMemoryError, MemoryError) as e:
         traceback.print_exc()
         return {"status": "oom", "error": _failure(e), "columns": {}}
     except Exception as e:
         traceback.print_exc()
-        return {"status": "error", "error": _failure(e), "columns": {}}
+        status = "oom" if _host_alloc_failed(e) else "error"
+        return {"status": status, "error": _failure(e), "columns": {}}
+
+
+# torch's CPU allocator reports a refused allocation (the OS out of memory, an RLIMIT) as a
+# plain RuntimeError, so this one failure is recognised by its text.
+_HOST_OOM = ("DefaultCPUAllocator: can't allocate memory", "(Cannot allocate memory)")
+
+
+def _host_alloc_failed(exc: BaseException) -> bool:
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(m in text for m in _HOST_OOM)
+
+
+def _cap_memory(case: Any, device: str) -> None:
+    """Apply ``measure.memory_cap`` (else the runner's ``--memory-cap``, in the environment) to
+    a CPU case process: its data segment may grow by at most that many bytes from here
+    (RLIMIT_DATA, which counts the private anonymous memory tensors live in), so a runaway case
+    fails with an ``oom`` row instead of taking the machine down."""
+    from revbench.measure.batch import parse_bytes
+
+    cap = case.measure.get("memory_cap") or os.environ.get("REVBENCH_MEMORY_CAP")
+    if not cap or device != "cpu":
+        return
+    import resource
+
+    used = 0
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmData:"):
+                used = int(line.split()[1]) * 1024
+    limit = used + parse_bytes(cap)
+    hard = resource.getrlimit(resource.RLIMIT_DATA)[1]
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
 def _failure(exc: BaseException) -> str:
@@ -129,7 +155,9 @@ def run_rank(case_file: Path, metric: str, out: Path) -> int:
 
 
 def main(argv: list[str]) -> int:
-    _die_with_parent()
+    from revbench.procs import die_with_parent
+
+    die_with_parent()
     case_file, metric, out = Path(argv[0]), argv[1], Path(argv[2])
     if json.loads(case_file.read_text())["train"]["parallel"] != "none":  # under torchrun
         return run_rank(case_file, metric, out)

@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 some cases failed, 2 bad input (suite, config, results 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -45,6 +46,14 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.resources import Resources
 
     resources = Resources.parse(_key_values(args.resources), "--resources")
+    if args.memory_cap:  # read by every case process started from here (child._cap_memory)
+        from revbench.measure.batch import parse_bytes
+
+        try:
+            parse_bytes(args.memory_cap)
+        except ValueError as e:
+            raise RevbenchError(f"--memory-cap: {e}") from None
+        os.environ["REVBENCH_MEMORY_CAP"] = args.memory_cap
     # A bad suite or --out is reported before any cluster is started.
     load_suite(args.suite, max_case_runs=args.max_case_runs)
     check_out_dir(args.out, create=True)
@@ -249,6 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="when another revbench run is writing the same results folder, wait for it "
         "(default: refuse at once)",
+    )
+    run.add_argument(
+        "--memory-cap",
+        metavar="SIZE",
+        help="CPU cases: most memory each case process may allocate (e.g. 8GiB); a case "
+        "going past it is an oom row (default: the suite's measure.memory_cap, else none)",
     )
     run.add_argument(
         "--max-case-runs",

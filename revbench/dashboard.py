@@ -7,6 +7,7 @@ so exposing it on a network is an explicit choice (``--host 0.0.0.0``).
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from revbench.errors import RevbenchError
+from revbench.procs import die_with_parent
 
 # Headless Chromium as root on a closed network (the browser test, the screenshots script):
 # without the background-networking flags it keeps trying to reach Google's hosts.
@@ -72,7 +74,25 @@ def serve(results: str | Path = "results", *, host: str = "127.0.0.1", port: int
     path = check(results)
     env = {**os.environ, "REVBENCH_RESULTS": str(path)}
     print(f"revbench dashboard: http://{host}:{port} serving {path} (Ctrl-C stops)", flush=True)
-    return subprocess.call(command(path, host=host, port=port), env=env)
+    # Streamlit dies with us: SIGKILL through PR_SET_PDEATHSIG, SIGTERM (kill, a service
+    # manager) and Ctrl-C by stopping it before returning.
+    proc = subprocess.Popen(
+        command(path, host=host, port=port), env=env, preexec_fn=die_with_parent
+    )
+
+    def _term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _term)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        stop(proc)
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            stop(proc)
 
 
 def free_port() -> int:
@@ -93,6 +113,7 @@ def start(results: str | Path, *, port: int, log: Path | None = None) -> subproc
         stdout=out,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        preexec_fn=die_with_parent,
     )
 
 

@@ -46,6 +46,7 @@ from revbench.executors import Executor, Job, Lost
 from revbench.executors.local import LocalExecutor
 from revbench.measure.device import HOST_COLUMNS, host_info
 from revbench.measure.metrics import METRICS
+from revbench.procs import die_with_parent
 from revbench.resources import Resources
 from revbench.suite import Case, Suite, load_suite, select
 
@@ -138,7 +139,12 @@ def _run_child(
         return "timeout", f"{metric}: not started, case timeout reached", {}
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            cmd, stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
         )
         try:
             code = proc.wait(timeout=timeout_s)

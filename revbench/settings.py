@@ -107,6 +107,10 @@ class MeasureSettings(BaseModel):
     min_size: Annotated[int, Field(ge=1)] = 1
     max_size: Annotated[int, Field(ge=1)] = 4096
     """max_batch_size: the search starts at min_size and stops at max_size."""
+    memory_cap: Annotated[str, Field(pattern=BYTES_PATTERN)] | None = None
+    """CPU cases: most memory a case process may allocate once started (e.g. 8GiB; RLIMIT_DATA),
+    so a runaway case becomes an oom row instead of taking the machine down. Default: none, or
+    ``revbench run --memory-cap``."""
     fault: Literal["none", "crash", "hang", "error", "oom", "killed"] = "none"
     """Inject a failure into the case process (to test the runner): crash = abort(), hang =
     sleep forever, error = raise RuntimeError, oom = raise torch.OutOfMemoryError, killed =
@@ -120,7 +124,7 @@ SECTIONS: dict[str, type] = {
     "measure": MeasureSettings,
 }
 # Settings that do not change what a case measures, so they stay out of the config hash.
-UNHASHED = {"timeout_s", "repeats"}
+UNHASHED = {"timeout_s", "repeats", "memory_cap"}
 # Settings added after results were first written: hashed only away from these defaults, so
 # rows written before they existed still match their cases on --resume.
 HASHED_IF_SET: dict[str, Any] = {

@@ -142,7 +142,7 @@ def _check_value(where: str, key: str, value: Any) -> Any:
             ARCHITECTURES.get(value)
         except ConfigError as e:
             raise SuiteError(f"{where}: {e}") from None
-    if key == "budget" and value is not None:
+    if key in ("budget", "memory_cap") and value is not None:
         size = parse_bytes(value)
         if not 0 < size <= limits.INT64_MAX:
             raise SuiteError(

@@ -202,7 +202,11 @@ BAD = [
         GOOD.replace("n_layers: [1, 3]", "n_layers: []"),
         r"matrix\.n_layers: must list at least one value",
     ),
-    ("bad suite name", GOOD.replace("name: tiny", "name: ../evil"), r"name: must be 1 to 100 letters, digits"),
+    (
+        "bad suite name",
+        GOOD.replace("name: tiny", "name: ../evil"),
+        r"name: must be 1 to 100 letters, digits",
+    ),
     ("not a mapping", "- just\n- a list\n", r"a suite must be a YAML mapping"),
     ("invalid YAML", "name: [unclosed\n", r"invalid YAML at line \d+, column \d+"),
     (
