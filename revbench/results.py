@@ -1,8 +1,8 @@
 """The results store: one parquet row per case run, typed, versioned, written atomically.
 
-Schema version 2 (version 2 added the LM head settings and the ``head_peak_*`` columns). Every
-column, its type and unit (``revbench schema`` prints this table, and docs/results-schema.md is
-generated from it):
+Schema version 3 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
+3 the per-layer midpoint and the Hamiltonian coefficients). Every column, its type and unit
+(``revbench schema`` prints this table, and docs/results-schema.md is generated from it):
 
 * provenance — who measured what, where and with which software (``PROVENANCE`` below);
 * configuration — every setting of the case, flattened as ``section.field`` (``model.n_layers``,
@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from revbench.errors import ResultsError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _META_KEY = b"revbench.schema_version"
 
 
@@ -121,6 +121,8 @@ def _arrow_type(annotation: Any) -> pa.DataType:
         return _arrow_type(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return pa.string()
+    if origin is list:
+        return pa.list_(_arrow_type(typing.get_args(annotation)[0]))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _arrow_type(args[0])
