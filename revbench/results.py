@@ -1,8 +1,8 @@
 """The results store: one parquet row per case run, typed, versioned, written atomically.
 
 Schema version 3 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
-3 the per-layer midpoint and the Hamiltonian coefficients). Every column, its type and unit
-(``revbench schema`` prints this table, and docs/results-schema.md is generated from it):
+3 the per-layer midpoint and the Hamiltonian coefficients and ``readout``). Every column, its type
+and unit (``revbench schema`` prints this table, and docs/results-schema.md is generated from it):
 
 * provenance — who measured what, where and with which software (``PROVENANCE`` below);
 * configuration — every setting of the case, flattened as ``section.field`` (``model.n_layers``,
@@ -139,6 +139,15 @@ def config_columns() -> tuple[Column, ...]:
             desc = (info.description or "").split("\n")[0]
             cols.append(Column(f"{section}.{name}", _arrow_type(info.annotation), "", desc))
     cols.append(Column("metrics", pa.string(), "", "comma-separated metric names of the case"))
+    cols.append(
+        Column(
+            "readout",
+            pa.string(),
+            "",
+            "what the LM head reads from a reversible model's final state, revbench's choice: "
+            "last (slot), mean (of the two slots), concat (of halves); null for residual models",
+        )
+    )
     return tuple(cols)
 
 

@@ -12,14 +12,19 @@ Three kinds of check, all in float64:
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 from gradcheck import grad_error, rel
 from torch import nn
 
+from revbench import results, runner
 from revbench.models import ModelConfig, build_model, reconstruction_errors
+from revbench.suite import load_suite
 
 TINY = {"vocab_size": 32, "d_model": 16, "n_heads": 2, "max_seq_len": 16}
 
@@ -244,3 +249,69 @@ def test_forward_and_gradients_follow_the_recurrence_written_by_hand(name: str) 
             used += 1
             assert rel(gr, gw) < 1e-12, (i, rel(gr, gw))
     assert used == 1 + len(stubs) * (1 if arch != "hamiltonian" else 2)
+
+
+# --- the result row --------------------------------------------------------------------------
+
+SUITE = """
+name: coefs
+defaults:
+  model: {vocab_size: 32, d_model: 16, n_heads: 2, max_seq_len: 16, n_layers: 3}
+  data: {batch_size: 2, seq_len: 16}
+matrix:
+  arch: [midpoint]
+cases:
+  - {name: list, arch: midpoint, a_layers: [0.5, -1.2, 1]}
+  - {name: draw, arch: midpoint, a_draw: pm1_uniform, a_seed: 4}
+  - {name: ham, arch: hamiltonian, ham_a: 2.0, ham_b: 0.5}
+  - {name: base, arch: baseline}
+metrics: [throughput]
+"""
+
+
+def test_rows_carry_the_coefficients_and_the_readout(tmp_path: Path) -> None:
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE)
+    cases = {c.name: c for c in load_suite(path).cases}
+    rows = {
+        n: runner._row(
+            c,
+            0,
+            run_id="r",
+            host={},
+            status="ok",
+            error=None,
+            columns={},
+            wall_time_s=0.0,
+        )
+        for n, c in cases.items()
+    }
+    for n, row in rows.items():
+        results.write_row(row, tmp_path / "out" / f"{n}.parquet")
+    df = results.load(tmp_path / "out").set_index("case")
+    assert list(df.loc["list", "model.a_layers"]) == [0.5, -1.2, 1.0]
+    assert df.loc["draw", "model.a_draw"] == "pm1_uniform" and df.loc["draw", "model.a_seed"] == 4
+    assert (df.loc["ham", "model.ham_a"], df.loc["ham", "model.ham_b"]) == (2.0, 0.5)
+    readout = {k: None if pd.isna(v) else v for k, v in df["readout"].items()}
+    assert readout == {
+        "arch=midpoint": "last",
+        "list": "last",
+        "draw": "last",
+        "ham": "mean",
+        "base": None,
+    }
+    # settings left at their defaults keep the hashes that cases had before they existed
+    plain = cases["arch=midpoint"]
+    new = {"a_layers", "a_draw", "a_width", "a_seed", "ham_a", "ham_b"}
+    before = dataclasses.replace(
+        plain, model={k: v for k, v in plain.model.items() if k not in new}
+    )
+    assert before.config_hash == plain.config_hash
+    assert len({c.config_hash for c in cases.values()}) == len(cases)
+
+
+def test_bad_coefficients_in_a_suite_name_the_case(tmp_path: Path) -> None:
+    path = tmp_path / "suite.yaml"
+    path.write_text(SUITE.replace("a_layers: [0.5, -1.2, 1]", "a_layers: [0.5, 0, 1]"))
+    with pytest.raises(Exception, match=r"cases\[0\] \('list'\): model: a_layers\[1\] is 0.0"):
+        load_suite(path)
