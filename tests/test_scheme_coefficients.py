@@ -315,3 +315,37 @@ def test_bad_coefficients_in_a_suite_name_the_case(tmp_path: Path) -> None:
     path.write_text(SUITE.replace("a_layers: [0.5, -1.2, 1]", "a_layers: [0.5, 0, 1]"))
     with pytest.raises(Exception, match=r"cases\[0\] \('list'\): model: a_layers\[1\] is 0.0"):
         load_suite(path)
+
+
+# --- memory ----------------------------------------------------------------------------------
+
+COEFFICIENT_MEMORY = [
+    ("midpoint", {"a_layers": [0.6, -1.3]}),
+    ("midpoint", {"a_draw": "pm1_uniform"}),
+    ("hamiltonian", {"ham_a": 2.0, "ham_b": 0.7}),
+]
+
+
+@pytest.mark.parametrize(
+    ("arch", "over"), COEFFICIENT_MEMORY, ids=[f"{a}{o}" for a, o in COEFFICIENT_MEMORY]
+)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_coefficients_do_not_change_the_planned_or_traced_peak(
+    arch: str, over: dict[str, Any], dtype: str
+) -> None:
+    """The planner ignores the coefficients; a real step's traced peak agrees (within the one
+    (B, T, C) slot by which a step's peak moves between runs, ``tests/test_plan.py``)."""
+    from test_plan import _traced_peak, config
+
+    from revbench.plan.dims import dims_of
+    from revbench.plan.replay import replay_step
+
+    kw = config(arch, d_model=32, max_seq_len=64, vocab_size=64)
+    shape, train = {"batch_size": 4, "seq_len": 64}, {"dtype": dtype, "device": "cpu"}
+    D = dims_of(kw, shape, train)
+    assert replay_step(dims_of({**kw, **over}, shape, train)).peak == replay_step(D).peak
+    plain, with_coefficients = (
+        _traced_peak(kw, 4, 64, dtype),
+        _traced_peak({**kw, **over}, 4, 64, dtype),
+    )
+    assert abs(with_coefficients - plain) <= D.slot, (with_coefficients - plain) / D.slot
