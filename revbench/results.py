@@ -1,7 +1,8 @@
 """The results store: one parquet row per case run, typed, versioned, written atomically.
 
 Schema version 3 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
-3 ``measure.memory_cap``). Files of an older version are read, their new columns null. Every
+3 the per-layer midpoint and the Hamiltonian coefficients, ``readout`` and
+``measure.memory_cap``). Files of an older version are read, their new columns null. Every
 column, its type and unit (``revbench schema`` prints this table, and docs/results-schema.md is
 generated from it):
 
@@ -123,6 +124,8 @@ def _arrow_type(annotation: Any) -> pa.DataType:
         return _arrow_type(typing.get_args(annotation)[0])
     if origin is typing.Literal:
         return pa.string()
+    if origin is list:
+        return pa.list_(_arrow_type(typing.get_args(annotation)[0]))
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
         return _arrow_type(args[0])
@@ -139,6 +142,15 @@ def config_columns() -> tuple[Column, ...]:
             desc = (info.description or "").split("\n")[0]
             cols.append(Column(f"{section}.{name}", _arrow_type(info.annotation), "", desc))
     cols.append(Column("metrics", pa.string(), "", "comma-separated metric names of the case"))
+    cols.append(
+        Column(
+            "readout",
+            pa.string(),
+            "",
+            "what the LM head reads from a reversible model's final state, revbench's choice: "
+            "last (slot), mean (of the two slots), concat (of halves); null for residual models",
+        )
+    )
     return tuple(cols)
 
 

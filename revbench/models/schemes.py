@@ -93,6 +93,21 @@ def scale(grads: Grads, alpha: float) -> Grads:
     return [scaled(g, alpha) for g in grads]
 
 
+def _add_into(out: Tensor, x: Tensor, alpha: float) -> Tensor:
+    """``out + alpha x``, in ``out``'s memory (``out`` is a fresh tensor of the caller's) unless
+    ``x``'s dtype would promote it (a bf16 stream with a float32 branch)."""
+    if out.dtype == torch.promote_types(out.dtype, x.dtype):
+        return out.add_(x, alpha=alpha)
+    return torch.add(out, x, alpha=alpha)
+
+
+def _keep_add(x: Tensor, keep: float, b: Tensor, alpha: float) -> Tensor:
+    """``keep x + alpha b`` in one new tensor."""
+    if keep == 1:
+        return torch.add(x, b, alpha=alpha)
+    return _add_into(x * keep, b, alpha)
+
+
 class Recompute:
     """The one branch evaluation of a backward step, with grad, on fresh inputs.
 
@@ -180,11 +195,17 @@ class TwoStep(Scheme):
         raise NotImplementedError
 
     def _combine(self, prev: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
+        """a prev + c cur + s fc in one new tensor (the other terms are added into it)."""
         a, c, s = self.coefficients
-        out = prev if a == 1 else -prev if a == -1 else prev * a
-        if c:
-            out = torch.add(out, cur, alpha=c) if a == 1 else cur * c + out
-        return torch.add(out, fc, alpha=s)
+        if a == 1:
+            if not c:
+                return torch.add(prev, fc, alpha=s)
+            out = torch.add(prev, cur, alpha=c)
+        else:
+            out = -prev if a == -1 else prev * a
+            if c:
+                out.add_(cur, alpha=c)
+        return _add_into(out, fc, s)
 
     def _rebuild_(self, nxt: Tensor, cur: Tensor, fc: Tensor) -> Tensor:
         """p_{l-1} from p_{l+1}, in ``nxt``'s memory."""
@@ -235,13 +256,19 @@ class Midpoint(TwoStep):
 
     Plain (``a`` None), Gal et al. Eq. 2.4:
         p_{l+1} = p_{l-1} + 2h f(p_l)            inverse  p_{l-1} = p_{l+1} - 2h f(p_l)
-    Generalised:
+    Generalised (Gal et al. Eq. 3.6, the form of their main midpoint results):
         p_{l+1} = a p_{l-1} + (1-a) p_l + h f(p_l)
-        inverse  p_{l-1} = (p_{l+1} - (1-a) p_l - h f(p_l)) / a
+        inverse  p_{l-1} = (p_{l+1} - (1-a) p_l - h f(p_l)) / a      (a != 0)
     Adjoint (J = df/dp at p_l; plain: a = 1 and h -> 2h):
         g_{l-1} = a g_{l+1},   g_l <- g_l + (1-a) g_{l+1} + h J^T g_{l+1}
-    The inverse divides by ``a``: with |a| < 1 every layer amplifies the rounding error of the
-    rebuilt state by 1/|a|, so reconstruction error grows like |a|^-L with depth.
+
+    Plain midpoint is the generalised form at a = 1 with h doubled, not at a = 0 (which has no
+    inverse). A model holds one ``Midpoint`` per layer, so ``a`` may differ between layers
+    (``ModelConfig.a_layers`` / ``a_draw``); a = -1 gives p_{l+1} = 2 p_l - p_{l-1} + h f(p_l),
+    leapfrog's recurrence with h in place of h^2. The inverse divides by ``a``: the rebuild's
+    recurrence has the roots 1 and -1/a, so with |a| < 1 the rounding errors of the rebuilt
+    states grow by about 1/|a| per layer (|a|^-L over L layers; ``benchmarks/
+    midpoint_coefficients.py`` measures it), while |a| > 1 amplifies the forward instead.
     """
 
     h: float = 1.0
@@ -279,24 +306,27 @@ Branch = Literal["attn_branch", "mlp_branch", "f"]
 class AdditiveCoupling(Scheme):
     """Additive coupling: one slot moves by a branch of the other, which stays put.
 
-        y_t = x_t + scale * B(x_o),  y_o = x_o        inverse  x_t = y_t - scale * B(y_o)
-    Adjoint: g_{x_t} = g_{y_t},   g_{x_o} = g_{y_o} + scale J_B^T g_{y_t}
+        y_t = k x_t + s B(x_o),  y_o = x_o        inverse  x_t = (y_t - s B(y_o)) / k   (k != 0)
+    Adjoint: g_{x_t} = k g_{y_t},   g_{x_o} = g_{y_o} + s J_B^T g_{y_t}
 
-    (t = ``target``, o = the other slot, B = ``branch`` of the block.) Two of these make a layer:
-    RevNet (Gomez et al. 2017) Y1 = X1 + Attn(N1(X2)), Y2 = X2 + MLP(N2(Y1)); the Hamiltonian
-    scheme (Gal et al. Eqs. 2.8-2.9) q_l = q_{l-1} + Attn(N1(p_{l-1})),
-    p_l = p_{l-1} + MLP(N2(q_l)) with (q, p) in the slots. Splitting the layer into its two
-    half-steps is what lets the backward evaluate each branch once: a whole-layer inverse would
-    have to evaluate MLP on Y1 before Y1's dependence on X1 is known.
+    (t = ``target``, o = the other slot, B = ``branch`` of the block, k = ``keep``, s =
+    ``scale``.) Two of these make a layer: RevNet (Gomez et al. 2017) Y1 = X1 + Attn(N1(X2)),
+    Y2 = X2 + MLP(N2(Y1)); the Hamiltonian scheme (Gal et al. Eqs. 2.8-2.9)
+    q_l = a q_{l-1} + Attn(N1(p_{l-1})), p_l = b p_{l-1} + MLP(N2(q_l)) with (q, p) in the slots
+    and k = a, then b (reversible for any non-zero a, b; at a = b = 1, the default, it is
+    RevNet's update under another name). Splitting the layer into its two half-steps is what lets
+    the backward evaluate each branch once: a whole-layer inverse would have to evaluate MLP on
+    Y1 before Y1's dependence on X1 is known.
     """
 
     target: int
     branch: Branch
     scale: float = 1.0
+    keep: float = 1.0
 
     def forward_step(self, x: State, block: Block) -> State:
         x_t, x_o = x[self.target], x[1 - self.target]
-        y_t = torch.add(x_t, getattr(block, self.branch)(x_o), alpha=self.scale)
+        y_t = _keep_add(x_t, self.keep, getattr(block, self.branch)(x_o), self.scale)
         return (y_t, x_o) if self.target == 0 else (x_o, y_t)
 
     @torch.no_grad()
@@ -304,6 +334,8 @@ class AdditiveCoupling(Scheme):
         t, o = self.target, 1 - self.target
         x = list(y)
         x[t] = y[t].clone().sub_(getattr(block, self.branch)(y[o]), alpha=self.scale)
+        if self.keep != 1:
+            x[t].div_(self.keep)
         return tuple(x)
 
     def backward_step(
@@ -319,9 +351,13 @@ class AdditiveCoupling(Scheme):
         if rebuild:
             with torch.no_grad():
                 y[t].sub_(r.value, alpha=self.scale)  # x_t, in y_t's memory
+                if self.keep != 1:
+                    y[t].div_(self.keep)
         else:
             y[t] = None  # type: ignore[call-overload]
         r.release()
         (jg,), grads = r.vjp([g[t]], params)
         g[o] = axpy(g[o], jg, self.scale) if g[o] is not None else scaled(jg, self.scale, g[t])
+        del jg
+        g[t] = scaled(g[t], self.keep, g[o])  # g[o] may be g[t] itself (vjp's pass-through)
         return scale(grads, self.scale)
