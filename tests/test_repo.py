@@ -29,6 +29,6 @@ def test_readme_suite_example_is_the_shipped_quickstart() -> None:
     readme = (ROOT / "README.md").read_text()
     start = readme.index("```yaml\nname: quickstart") + len("```yaml\n")
     example = yaml.safe_load(readme[start : readme.index("```", start)])
-    shipped = yaml.safe_load((ROOT / "suites" / "quickstart.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "revbench" / "suites" / "quickstart.yaml").read_text())
     example.pop("description"), shipped.pop("description")
-    assert example == shipped, "README's suite example drifted from suites/quickstart.yaml"
+    assert example == shipped, "README's suite example drifted from revbench/suites/quickstart.yaml"
