@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser(
         "dashboard",
         help="browse results in a Streamlit dashboard",
-        description="Serve the dashboard (dashboard/app.py) headless on localhost.",
+        description="Serve the dashboard (revbench/dashboard_app.py) headless on localhost.",
     )
     dash.add_argument("results", nargs="?", default="results", metavar="RESULTS_DIR")
     dash.add_argument("--port", type=int, default=8501, help="port (default: 8501)")

@@ -234,12 +234,12 @@ def test_dashboard_shows_reference_rows_when_given_none(
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    from revbench.dashboard import check
+    from revbench.dashboard import APP, check
 
     assert check("results") == reference  # what `revbench dashboard` would serve
     monkeypatch.delenv("REVBENCH_RESULTS", raising=False)
     monkeypatch.setattr(sys, "argv", ["app.py"])
-    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at = AppTest.from_file(str(APP), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     infos = "\n".join(e.value for e in at.info)
