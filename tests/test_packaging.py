@@ -220,3 +220,22 @@ def _serve_once(revbench: Path, results: Path, work: Path, env: dict[str, str]) 
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # only our own session's processes
             proc.wait()
+
+
+def test_git_commit_is_only_a_checkouts_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed revbench inside another repository (a project's .venv) records no commit."""
+    import revbench
+    from revbench.measure.device import git_commit
+
+    if (ROOT / ".git").exists():  # this checkout: its own commit
+        assert git_commit.__wrapped__() is not None
+    repo = tmp_path / "project"
+    package = repo / ".venv" / "site-packages" / "revbench"
+    package.mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    monkeypatch.setattr(revbench, "__file__", str(package / "__init__.py"))
+    assert git_commit.__wrapped__() is None
