@@ -120,8 +120,9 @@ def _key_values(text: str | None) -> dict[str, float]:
 def _cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.suite import load_suite
 
-    suite = load_suite(args.suite)
-    out.print(escape(f"{args.suite}: ok, suite '{suite.name}' with {len(suite.cases)} cases"))
+    for path in args.suite:
+        suite = load_suite(path)
+        out.print(escape(f"{path}: ok, suite '{suite.name}' with {len(suite.cases)} cases"))
     return EXIT_OK
 
 
@@ -135,11 +136,21 @@ def _cmd_list(args: argparse.Namespace, out: Console, err: Console) -> int:
         ("metrics", METRICS),
         ("tasks", TASKS),
     ):
+        if args.what not in (None, title):
+            continue
         print(title)
         for entry in registry.entries():
             print(f"  {entry.name:<14} {entry.description}")
         if not len(registry):
             print("  (none registered yet)")
+    if args.what in (None, "suites"):
+        from revbench.shipped import shipped_suites, summary
+
+        suites = shipped_suites()
+        width = max(map(len, suites), default=0)
+        print("suites (revbench run NAME)")
+        for name, path in suites.items():
+            print(f"  {name:<{width}} {summary(path)}")
     return EXIT_OK
 
 
@@ -233,7 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate, expand and run every case of a suite; each case "
         "run appends one parquet row under OUT/<suite>/.",
     )
-    run.add_argument("suite", metavar="SUITE.yaml")
+    run.add_argument(
+        "suite",
+        metavar="SUITE",
+        help="a suite file, or the name of a shipped suite (revbench list suites)",
+    )
     run.add_argument(
         "--out", default="results", metavar="DIR", help="results folder (default: results)"
     )
@@ -309,7 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
         "saved activations, the step's peak) and its largest batch on the GPUs or memory "
         "given, from the configuration alone (revbench.plan).",
     )
-    pln.add_argument("suite", metavar="SUITE.yaml")
+    pln.add_argument(
+        "suite",
+        metavar="SUITE",
+        help="a suite file, or the name of a shipped suite (revbench list suites)",
+    )
     pln.add_argument(
         "--gpu",
         metavar="NAMES",
@@ -323,11 +342,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pln.set_defaults(func=_cmd_plan)
 
-    val = sub.add_parser("validate", help="validate a suite without running it")
-    val.add_argument("suite", metavar="SUITE.yaml")
+    val = sub.add_parser("validate", help="validate suites without running them")
+    val.add_argument(
+        "suite",
+        metavar="SUITE",
+        nargs="+",
+        help="a suite file, or the name of a shipped suite (revbench list suites)",
+    )
     val.set_defaults(func=_cmd_validate)
 
-    lst = sub.add_parser("list", help="registered architectures, metrics and tasks")
+    lst = sub.add_parser(
+        "list", help="registered architectures, metrics and tasks, and the shipped suites"
+    )
+    lst.add_argument(
+        "what",
+        nargs="?",
+        choices=("architectures", "metrics", "tasks", "suites"),
+        help="list only these (default: all)",
+    )
     lst.set_defaults(func=_cmd_list)
 
     sch = sub.add_parser("schema", help="print the results parquet schema (markdown)")
@@ -336,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser(
         "dashboard",
         help="browse results in a Streamlit dashboard",
-        description="Serve the dashboard (dashboard/app.py) headless on localhost.",
+        description="Serve the dashboard (revbench/dashboard_app.py) headless on localhost.",
     )
     dash.add_argument("results", nargs="?", default="results", metavar="RESULTS_DIR")
     dash.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
@@ -445,6 +477,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not out.is_terminal:  # logs and pipes: do not fold the summary table at 80 columns
         out = Console(width=200)
     try:
+        if getattr(args, "suite", None) is not None:  # run, plan, validate: file or shipped name
+            from revbench.shipped import resolve_suite
+
+            if isinstance(args.suite, list):
+                args.suite = [resolve_suite(s) for s in args.suite]
+            else:
+                args.suite = resolve_suite(args.suite)
         return args.func(args, out, err)
     except OutputError as e:
         print(f"revbench: error: {e}", file=sys.stderr)

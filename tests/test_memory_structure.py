@@ -1,6 +1,6 @@
 """Memory structure: reversible models keep O(1) activations in depth, the baseline O(L).
 
-Two views (MEASUREMENT-NOTES.md): bytes autograd saves for backward (``SavedTensors``, exact and
+Two views (docs/measurement.md): bytes autograd saves for backward (``SavedTensors``, exact and
 allocator-free), and the process high-water mark of a fresh child with large allocations forced
 onto mmap, so freed tensors leave the resident set.
 """

@@ -2,7 +2,7 @@
 
 A metric runs in its own child process (the runner decides that; see runner.py), because memory
 and time must not be measured in one process: on CPU the memory process forces large
-allocations onto mmap so freed tensors leave the high-water mark (MEASUREMENT-NOTES.md), which
+allocations onto mmap so freed tensors leave the high-water mark (docs/measurement.md), which
 slows the step by ~50% and would spoil a timing.
 """
 
