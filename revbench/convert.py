@@ -209,6 +209,7 @@ def convert(
     report KL and perplexity before/after, and save it to ``out`` when given (a folder that
     ``from_pretrained`` and suites' ``pretrained:`` read back, tokenizer included)."""
     cfg = config or ConvertConfig()
+    _check_before_distilling(cfg, out)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     teacher = teacher if teacher is not None else from_pretrained(source)
@@ -253,6 +254,20 @@ def convert(
     if out is not None:
         save_converted(student, out, report, cfg, tok)
     return student, report
+
+
+def _check_before_distilling(cfg: ConvertConfig, out: str | Path | None) -> None:
+    """Fail in one line before any weight is loaded: an unknown ``arch``, an ``out`` that
+    cannot be written (minutes of distillation must not end in a failed save)."""
+    from revbench.models import ARCHITECTURES
+    from revbench.results import check_out_dir
+
+    try:
+        ARCHITECTURES.get(cfg.arch)
+    except ConfigError as e:
+        raise ConfigError(f"--arch: {e}") from None
+    if out is not None:
+        check_out_dir(out, create=True)
 
 
 def save_converted(
