@@ -56,7 +56,7 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         os.environ["REVBENCH_MEMORY_CAP"] = args.memory_cap
     # A bad suite or --out is reported before any cluster is started.
     load_suite(args.suite, max_case_runs=args.max_case_runs)
-    check_out_dir(args.out, create=True)
+    check_out_dir(args.out, create=False)  # made by run_suite once the executor exists
     executor = make_executor(
         args.executor,
         address=args.address,
