@@ -1,6 +1,7 @@
 """The results store: one parquet row per case run, typed, versioned, written atomically.
 
-Schema version 2 (version 2 added the LM head settings and the ``head_peak_*`` columns). Every
+Schema version 3 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
+3 the ``lm_eval`` metric's ``lm_eval_*`` columns and its ``data.lm_eval_*`` settings). Every
 column, its type and unit (``revbench schema`` prints this table, and docs/results-schema.md is
 generated from it):
 
@@ -34,7 +35,7 @@ import pyarrow.parquet as pq
 
 from revbench.errors import ResultsError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _META_KEY = b"revbench.schema_version"
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import math
 import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pandas as pd
 import pytest
 import torch
 
@@ -295,3 +297,184 @@ def _kind(args: tuple[str, ...]) -> str:
     if context != context.rstrip():
         return "trailing whitespace"
     return "long context" if len(context) > 4 * WINDOW else "ordinary"
+
+
+# --- the lm_eval metric: settings, rows, a suite through the runner -------------------------
+
+
+def _suite_file(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text("name: harness\nmetrics: [lm_eval]\n" + body)
+    return path
+
+
+def test_lm_eval_settings_are_validated(tmp_path: Path) -> None:
+    require("lm_eval")
+    from revbench.errors import SuiteError
+    from revbench.suite import load_suite
+
+    def fails(body: str, match: str) -> None:
+        with pytest.raises(SuiteError, match=match) as info:
+            load_suite(_suite_file(tmp_path, body))
+        assert "\n" not in str(info.value)
+
+    fails("defaults:\n  data: {batch_size: 2}\n", r"data\.lm_eval_task: metric 'lm_eval' needs")
+    fails(
+        "defaults:\n  data: {lm_eval_task: t, lm_eval_include: nowhere}\n",
+        r"data\.lm_eval_include: no folder 'nowhere'",
+    )
+    fails("defaults:\n  data: {lm_eval_task: t, lm_eval_limit: 0}\n", r"data\.lm_eval_limit: .*1")
+    fails(
+        "defaults:\n  data: {lm_eval_task: t, lm_eval_num_fewshot: two}\n",
+        r"data\.lm_eval_num_fewshot: .*integer",
+    )
+    fails("cases:\n  - {lm_eval_task: t, lm_eval_metrc: acc}\n", "did you mean 'lm_eval_metric'")
+    suite = load_suite(
+        _suite_file(tmp_path, f"defaults:\n  data: {{lm_eval_task: t, lm_eval_include: {TASKS}}}\n")
+    )
+    (case,) = suite.cases
+    assert case.data["lm_eval_include"] == str(TASKS) and case.data["lm_eval_limit"] is None
+
+
+def test_unknown_task_and_metric_name_their_setting() -> None:
+    require("lm_eval")
+    from revbench.tasks.harness import results_row, task_manager
+
+    assert "revbench_prose" in task_manager("revbench_prose", str(TASKS)).all_tasks
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.lm_eval_task: lm-eval has no task 'revbench_prse' nor in .*"
+        r"did you mean 'revbench_prose'",
+    ):
+        task_manager("revbench_prse", str(TASKS))
+    out = {
+        "results": {
+            "gsm": {
+                "alias": "gsm",
+                "exact_match,strict-match": 0.25,
+                "exact_match_stderr,strict-match": 0.05,
+                "exact_match,flexible": 0.5,
+                "exact_match_stderr,flexible": "N/A",
+            }
+        },
+        "n-samples": {
+            "gsm_a": {"original": 9, "effective": 4},
+            "gsm_b": {"original": 9, "effective": 3},
+        },
+    }
+    row = results_row(out, "gsm", None)
+    assert row == {
+        "lm_eval_task": "gsm",
+        "lm_eval_metric": "exact_match,strict-match",
+        "lm_eval_value": 0.25,
+        "lm_eval_stderr": 0.05,
+        "lm_eval_n": 7,  # a group: its tasks' documents
+        "lm_eval_results": '{"exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": '
+        '0.05, "exact_match,flexible": 0.5, "exact_match_stderr,flexible": null}',
+    }
+    flexible = results_row(out, "gsm", "exact_match,flexible")
+    assert (flexible["lm_eval_value"], flexible["lm_eval_stderr"]) == (0.5, None)
+    with pytest.raises(
+        ConfigError,
+        match=r"data\.lm_eval_metric: task 'gsm' has no metric 'acc'; "
+        r"it has exact_match,strict-match, exact_match,flexible$",
+    ):
+        results_row(out, "gsm", "acc")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama and a BPE trained here on the fixtures' text (with BOS and EOS),
+    saved as one save_pretrained folder: offline, seconds, no SmolLM2."""
+    require("lm_eval", "transformers")
+    import transformers
+
+    from revbench.tasks.text import train_bpe
+
+    docs = [
+        json.loads(line)
+        for name in ("capitals.jsonl", "prose.jsonl")
+        for line in (TASKS / name).read_text().splitlines()
+    ]
+    bpe = train_bpe([d["text"] + " ".join(d.get("choices", [])) for d in docs], 300)
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=bpe.tok, bos_token="<s>", eos_token="</s>"
+    )
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=320,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=WINDOW,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_suite_rows_equal_hflms_metrics(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """A suite of lm_eval cases through the runner (a child process per case): each row holds
+    the metric lm-eval's own hf model gives on the same weights, with its stderr."""
+    import transformers
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from revbench import results
+    from revbench.cli import main
+    from revbench.tasks.harness import task_manager
+
+    suite = _suite_file(
+        tmp_path,
+        "defaults:\n"
+        f"  data: {{seq_len: {WINDOW}, lm_eval_include: {TASKS}}}\n"
+        f"  train: {{device: cpu, threads: 1, pretrained: {tiny_checkpoint}}}\n"
+        "measure: {timeout_s: 300}\n"
+        "cases:\n"
+        "  - {name: capitals, lm_eval_task: revbench_capitals}\n"
+        "  - {name: prose, lm_eval_task: revbench_prose, lm_eval_metric: bits_per_byte}\n"
+        "  - {name: typo, lm_eval_task: revbench_capitals, lm_eval_metric: acc_nrm,"
+        " lm_eval_limit: 2}\n",
+    )
+    out = tmp_path / "res"
+    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 1  # the typo's row
+    df = results.load(out).set_index("case")
+    assert list(df["status"]) == ["ok", "ok", "error"]
+    assert df.loc["typo", "error"] == (
+        "lm_eval: revbench.errors.ConfigError: data.lm_eval_metric: task 'revbench_capitals' "
+        "has no metric 'acc_nrm' (did you mean 'acc_norm'?); it has acc, acc_norm"
+    )
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tiny_checkpoint).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
+    ref = simple_evaluate(
+        model=HFLM(pretrained=hf, tokenizer=tok, batch_size=1, device="cpu"),
+        tasks=["revbench_capitals", "revbench_prose"],
+        task_manager=task_manager("revbench_capitals", str(TASKS)),
+    )
+    assert ref is not None
+    capitals, prose = df.loc["capitals"], df.loc["prose"]
+    want = ref["results"]["revbench_capitals"]
+    assert (capitals["lm_eval_task"], capitals["lm_eval_metric"]) == ("revbench_capitals", "acc")
+    assert capitals["lm_eval_value"] == want["acc,none"]
+    assert capitals["lm_eval_stderr"] == pytest.approx(want["acc_stderr,none"], rel=1e-12)
+    p, n = want["acc,none"], 10
+    assert capitals["lm_eval_stderr"] == pytest.approx(math.sqrt(p * (1 - p) / (n - 1)))
+    assert capitals["lm_eval_n"] == n
+    every = json.loads(capitals["lm_eval_results"])
+    assert every["acc_norm"] == want["acc_norm,none"] and set(every) == {
+        "acc",
+        "acc_stderr",
+        "acc_norm",
+        "acc_norm_stderr",
+    }
+    bpb = ref["results"]["revbench_prose"]["bits_per_byte,none"]
+    assert (prose["lm_eval_metric"], prose["lm_eval_n"]) == ("bits_per_byte", 3)
+    assert prose["lm_eval_value"] == pytest.approx(bpb, rel=1e-5) and pd.isna(
+        prose["lm_eval_stderr"]
+    )
+    assert df.loc["capitals", "data.lm_eval_include"] == str(TASKS)

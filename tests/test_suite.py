@@ -82,7 +82,7 @@ def test_settings_added_later_keep_old_hashes_at_their_defaults(tmp_path: Path) 
     assert before.config_hash == case.config_hash
     for key, default in HASHED_IF_SET.items():
         section = next(s for s in SECTIONS if key in getattr(case, s))
-        other = {bool: not default, int: 2, str: "ddp"}[type(default)]
+        other = {bool: not default, int: 2, str: "ddp", type(None): 1}[type(default)]
         changed = dataclasses.replace(case, **{section: {**getattr(case, section), key: other}})
         assert changed.config_hash != case.config_hash, key
 
