@@ -1,8 +1,9 @@
 """The results store: one parquet row per case run, typed, versioned, written atomically.
 
 Schema version 3 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
-3 the per-layer midpoint and the Hamiltonian coefficients, ``readout`` and
-``measure.memory_cap``). Files of an older version are read, their new columns null. Every
+3 the per-layer midpoint and the Hamiltonian coefficients, ``readout``, ``measure.memory_cap``,
+and the ``lm_eval`` metric's ``lm_eval_*`` columns and ``data.lm_eval_*`` settings). Files of an
+older version are read, their new columns null. Every
 column, its type and unit (``revbench schema`` prints this table, and docs/results-schema.md is
 generated from it):
 
