@@ -421,7 +421,12 @@ def _mib(x: Any) -> str:
 
 
 def _eval(row: dict[str, Any]) -> str:
-    """The accuracy metric's headline: accuracy or perplexity with its 95% interval."""
+    """The accuracy metric's headline: accuracy or perplexity with its 95% interval; the
+    lm_eval metric's value with lm-eval's stderr."""
+    v = row.get("lm_eval_value")
+    if v is not None and v == v:
+        se = row.get("lm_eval_stderr")
+        return f"{row.get('lm_eval_task')} {v:.3f}" + (f" ± {se:.3f}" if se == se and se else "")
     for name, fmt in (("accuracy", "{:.1%}"), ("perplexity", "{:.2f}")):
         v = row.get(name)
         if v is not None and v == v:
