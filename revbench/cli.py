@@ -10,7 +10,9 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -471,6 +473,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Warnings (a results file skipped, ...) as one line each, without source lines."""
+    print(f"revbench: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out, err = Console(), Console(stderr=True)
@@ -484,7 +498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.suite = [resolve_suite(s) for s in args.suite]
             else:
                 args.suite = resolve_suite(args.suite)
-        return args.func(args, out, err)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args, out, err)
     except OutputError as e:
         print(f"revbench: error: {e}", file=sys.stderr)
         return EXIT_NOT_SAVED

@@ -252,3 +252,26 @@ def test_out_is_checked_before_anything_runs(
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and "is a file, not a folder" in err[0]
     assert afile.read_text() == "x"
+
+
+def test_sigterm_of_the_runner_removes_its_case_folders_and_processes(
+    tmp_path: Path, reap: list[int]
+) -> None:
+    suite = write(tmp_path, TINY.replace("timeout_s: 120}", "timeout_s: 300, fault: hang}"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    runner = cli(
+        "run",
+        str(suite),
+        "--out",
+        str(tmp_path / "res"),
+        "--quiet",
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    pids = descendants_when(runner, 1)
+    reap.extend(pids)
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("revbench-case-")]
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=30) == 130
+    assert wait_gone(pids) == []
+    assert not [p for p in scratch.iterdir() if p.name.startswith("revbench-case-")]
