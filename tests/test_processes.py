@@ -275,3 +275,26 @@ def test_sigterm_of_the_runner_removes_its_case_folders_and_processes(
     assert runner.wait(timeout=30) == 130
     assert wait_gone(pids) == []
     assert not [p for p in scratch.iterdir() if p.name.startswith("revbench-case-")]
+
+
+def test_a_really_full_disk_stops_the_suite_keeping_every_earlier_row(tmp_path: Path) -> None:
+    """The same on a real, tiny tmpfs (root only; the simulated test above runs everywhere):
+    the first row fits, the second does not."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=80k", "tmpfs", str(disk)], capture_output=True
+    )
+    if made.returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        suite = write(tmp_path, TINY)
+        runner = cli("run", str(suite), "--out", str(disk), "--quiet")
+        assert runner.wait(timeout=300) == 3
+        err = runner.stderr.read().decode() if runner.stderr else ""
+        assert "No space left on device" in err and len(err.strip().splitlines()) == 1, err
+        df = results.load(disk)
+        assert len(df) == 1 and (df["status"] == "ok").all()
+        assert not [p for p in (disk / "tiny").iterdir() if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
