@@ -29,19 +29,49 @@ def test_markdown_matches_golden(check_golden: Callable[[str, str], None]) -> No
 
 
 @pytest.mark.parametrize(
-    ("new", "threshold", "code"),
+    ("new", "threshold", "code", "regressed"),
     [
-        (BASE, "5%", 0),  # identical sets never regress
-        (NEW, "0%", 1),  # a re-measurement is worse somewhere by more than nothing
-        (NEW, "1000%", 0),
+        (BASE, "5%", 0, False),  # identical sets never regress
+        (NEW, "0%", 1, True),  # a re-measurement is worse somewhere by more than nothing
+        # No metric past 1000%, but 14 cases of BASE are missing from NEW: still a failure.
+        (NEW, "1000%", 1, False),
     ],
-    ids=["same", "any-worsening", "loose"],
+    ids=["same", "any-worsening", "loose-but-cases-missing"],
 )
-def test_exit_codes(new: Path, threshold: str, code: int, capsys: pytest.CaptureFixture) -> None:
+def test_exit_codes(
+    new: Path, threshold: str, code: int, regressed: bool, capsys: pytest.CaptureFixture
+) -> None:
     assert main(["compare", str(BASE), str(new), "--max-regression", threshold]) == code
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert out.startswith("### revbench compare")
-    assert ("**regression**" in out) == (code == 1)
+    assert ("**regression**" in out) == regressed
+    assert ("cases of BASE missing from NEW" in out) == (new == NEW)
+    if new == NEW:
+        assert "14 case(s) of BASE missing from NEW" in captured.err
+
+
+def test_disjoint_sets_fail_instead_of_passing() -> None:
+    from revbench import results
+    from revbench.compare import compare
+
+    base = results.load(BASE)
+    other = base.assign(config_hash=base["config_hash"] + "x")
+    result = compare(base, other)
+    assert result.matched == 0 and result.failed
+    assert "No case in common" in result.markdown()
+    assert not compare(base, base).failed
+
+
+def test_names_are_escaped_for_pr_comments() -> None:
+    from revbench import results
+    from revbench.compare import compare
+
+    base = results.load(BASE)
+    first = base["config_hash"] == base["config_hash"].iloc[0]
+    base = base.assign(case=base["case"].where(~first, "<script>x</script>|y"))
+    text = compare(base, base, 0.0).markdown()
+    assert "<script>" not in text and "&lt;script&gt;x&lt;/script&gt;\\|y" in text
 
 
 def test_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
