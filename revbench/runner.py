@@ -37,6 +37,7 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -392,10 +393,17 @@ def _run_locked(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, disable=quiet) as progress:
         where = "" if executor.name == "local" else f" on {executor.name}"
-        task = progress.add_task(f"{suite.name}{where}", total=len(todo))
+        # Case runs skipped by --resume count as done, so the bar and its estimate of the time
+        # left cover the whole suite.
+        done = f", {skipped} already done" if skipped else ""
+        task = progress.add_task(
+            f"{escape(suite.name)}{where}{done}", total=len(todo) + skipped, completed=skipped
+        )
         for job, outcome in executor.map(jobs, asks):
             case = job.case
             row = lost_row(job, outcome) if isinstance(outcome, Lost) else outcome
