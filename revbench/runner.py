@@ -51,6 +51,7 @@ from revbench.models.config import scheme_readout
 from revbench.procs import die_with_parent
 from revbench.resources import Resources
 from revbench.suite import Case, Suite, load_suite, select
+from revbench.zygote import close_all, zygote_for
 
 _SEVERITY = {"ok": 0, "error": 1, "oom": 2, "timeout": 3}
 
@@ -139,24 +140,29 @@ def _run_child(
     cmd = child_command(case, metric, case_file, out)
     if timeout_s <= 0:
         return "timeout", f"{metric}: not started, case timeout reached", {}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    if _warm_enabled() and case.train["parallel"] == "none":
+        code = zygote_for(env).run(cmd[3:], log, env, timeout_s)  # argv after `-m revbench.child`
+        if code is None:
             return "timeout", f"{metric}: timed out (measure.timeout_s)", {}
-        except BaseException:  # Ctrl-C or the runner being stopped: take the child with us
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+    else:
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return "timeout", f"{metric}: timed out (measure.timeout_s)", {}
+            except BaseException:  # Ctrl-C or the runner being stopped: take the child with us
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
     if out.exists():
         res = json.loads(out.read_text())
         err = f"{metric}: {res['error']}" if res["error"] else None
@@ -170,6 +176,15 @@ def _run_child(
     status = "oom" if code == -signal.SIGKILL else "error"
     tail = _last_line(log)
     return status, f"{metric}: process {_exit_reason(code)}" + (f": {tail}" if tail else ""), {}
+
+
+# Case processes are forked from a warm zygote (revbench/zygote.py) when the runner says so
+# (run_suite with the local executor); Ray and Slurm workers, and --fresh-processes, start fresh.
+_WARM = {"on": False}
+
+
+def _warm_enabled() -> bool:
+    return _WARM["on"] and os.environ.get("REVBENCH_FRESH_PROCESSES", "") in ("", "0")
 
 
 def _torchrun_root_cause(log: Path) -> tuple[int, int] | None:
@@ -302,6 +317,7 @@ def run_suite(
     resources: Resources | None = None,
     wait: bool = False,
     max_case_runs: int | None = None,
+    warm: bool = True,
 ) -> RunReport:
     """Validate, expand and run a suite; every case run is appended to ``out/<suite>/``.
 
@@ -309,7 +325,9 @@ def run_suite(
     are written atomically by this process as they arrive, in whatever order they finish, so
     an interrupted run loses only the case runs in flight. ``resources`` (the command line's)
     go over the suite's ``resources:`` block. The results folder is locked for the run: a
-    second run on it is refused, or waits with ``wait``.
+    second run on it is refused, or waits with ``wait``. With ``warm`` (the default) and the
+    local executor, case processes are forked from a warm zygote (``revbench/zygote.py``);
+    ``warm=False`` or ``REVBENCH_FRESH_PROCESSES=1`` starts each from scratch.
     """
     suite = load_suite(path, max_case_runs=max_case_runs)
     results.check_out_dir(out, create=True)
@@ -317,18 +335,23 @@ def run_suite(
     if folder.exists() and not folder.is_dir():
         raise ResultsError(f"{folder}: is a file; the results of suite '{suite.name}' go there")
     with _folder_lock(folder, wait=wait):
-        return _run_locked(
-            suite,
-            path,
-            out,
-            folder,
-            resume,
-            only,
-            quiet,
-            console,
-            executor,
-            asks=(suite.resources.merged(resources) if resources else suite.resources),
-        )
+        _WARM["on"] = warm and (executor is None or executor.name == "local")
+        try:
+            return _run_locked(
+                suite,
+                path,
+                out,
+                folder,
+                resume,
+                only,
+                quiet,
+                console,
+                executor,
+                asks=(suite.resources.merged(resources) if resources else suite.resources),
+            )
+        finally:
+            _WARM["on"] = False
+            close_all()
 
 
 @contextlib.contextmanager
