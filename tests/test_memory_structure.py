@@ -74,9 +74,20 @@ def test_saved_tensors_counts_custom_functions_dedups_and_excludes() -> None:
 
 
 def test_rss_readers() -> None:
-    assert read_rss() > 0 and read_peak_rss() >= read_rss() // 2
-    if reset_peak_rss():
-        assert read_peak_rss() <= read_rss() + 16 * 2**20
+    mib = 2**20
+    reset = reset_peak_rss()
+    before = read_rss()
+    x = torch.ones(32 * mib, dtype=torch.float32)  # 128 MiB, touched (glibc mmaps it)
+    during = read_rss()
+    del x  # munmap: resident memory falls, the high-water mark stays
+    after, peak = read_rss(), read_peak_rss()
+    assert during - before >= 120 * mib, (before, during)
+    assert during - after >= 120 * mib, (during, after)
+    assert peak >= during - 8 * mib  # the kernel's counters lag by a few pages
+    if reset:  # a reset mark restarts from what is resident now, below the old peak
+        assert reset_peak_rss()
+        assert after - 16 * mib <= read_peak_rss() <= read_rss() + 16 * mib
+        assert read_peak_rss() < peak - 100 * mib
 
 
 CHILD = r"""

@@ -18,7 +18,6 @@ the venv's own site-packages on the import path).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import require
 
 from revbench.cli import main
 from revbench.errors import SuiteError
@@ -100,10 +100,7 @@ def _words(text: str) -> str:
 
 def _need(*modules: str) -> None:
     """Fail in CI, skip elsewhere, when something the wheel test needs is not installed."""
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
-    if missing:
-        why = f"the wheel test needs {', '.join(missing)} (pip install -e '.[test]')"
-        pytest.fail(why) if os.environ.get("CI") else pytest.skip(why)
+    require(*modules, hint="the wheel test needs them (pip install -e '.[test]')")
 
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: float = 120) -> str:

@@ -112,7 +112,9 @@ def test_kill_9_of_the_runner_takes_a_ddp_case_and_its_ranks_with_it(
 def test_sigterm_of_the_dashboard_stops_its_streamlit_server(
     tmp_path: Path, reap: list[int]
 ) -> None:
-    pytest.importorskip("streamlit")
+    from conftest import require
+
+    require("streamlit")
     from revbench.dashboard import free_port
 
     port = free_port()
