@@ -1,10 +1,11 @@
 """The results store: one parquet row per case run, typed, versioned, written atomically.
 
-Schema version 3 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
+Schema version 4 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
 3 the per-layer midpoint and the Hamiltonian coefficients, ``readout`` and
-``measure.memory_cap``). Files of an older version are read, their new columns null. Every
-column, its type and unit (``revbench schema`` prints this table, and docs/results-schema.md is
-generated from it):
+``measure.memory_cap``; version 4 the retrofit settings ``model.force``, ``model.readout``,
+``model.ham_carry`` and ``train.distill_init``). Files of an older version are read, their new
+columns null. Every column, its type and unit (``revbench schema`` prints this table, and
+docs/results-schema.md is generated from it):
 
 * provenance — who measured what, where and with which software (``PROVENANCE`` below);
 * configuration — every setting of the case, flattened as ``section.field`` (``model.n_layers``,
@@ -37,7 +38,7 @@ import pyarrow.parquet as pq
 
 from revbench.errors import ResultsError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _META_KEY = b"revbench.schema_version"
 
 
