@@ -88,6 +88,7 @@ def measure_accuracy(case: Case) -> dict[str, Any]:
             seq_len=data["seq_len"],
             lm_weight=tr["lm_weight"],
             trainable=tr["distill_trainable"],
+            init=tr["distill_init"],
             seed=tr["seed"],
         )
         model, report = convert(pretrained, conv, tokenizer=tokenizer)
