@@ -194,7 +194,16 @@ def _cmd_convert(args: argparse.Namespace, out: Console, err: Console) -> int:
         bad = e.errors()[0]
         flag = str(bad["loc"][0]).replace("_", "-")
         raise RevbenchError(f"convert: --{flag}: {bad['msg']}") from None
-    _, report = convert(args.source, cfg, out=args.out, resume=args.resume, progress=err)
+    try:
+        _, report = convert(args.source, cfg, out=args.out, resume=args.resume, progress=err)
+    except KeyboardInterrupt:
+        every = f"every {cfg.checkpoint_every} steps" if cfg.checkpoint_every else "never"
+        print(
+            f"revbench: interrupted; the training checkpoint in {args.out} (written {every}) "
+            "continues with --resume",
+            file=sys.stderr,
+        )
+        return 130
     print(report.markdown(), end="")
     print(f"saved {args.out} ({report.wall_time_s:.0f} s)")
     return EXIT_OK

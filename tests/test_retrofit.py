@@ -357,3 +357,30 @@ def test_the_bar_on_a_terminal_shows_loss_and_kl() -> None:
     bar.close()
     text = buf.getvalue()
     assert "3/3" in text and "KL 0.0833" in text
+
+
+def test_cli_interrupted_then_resumed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the checkpoint of step 2: exit 130 naming the folder; --resume finishes."""
+    import revbench.convert as conv
+
+    teacher = build_model(ModelConfig(**{**SMALL, "vocab_size": 256}))
+    src = save_checkpoint(teacher, tmp_path / "teacher", {"tokenizer": "byte"})
+    out = tmp_path / "c"
+    args = ["convert", str(src), "--out", str(out), "--steps", "4", "--seq-len", "16"]
+    args += ["--tokenizer", "byte", "--checkpoint-every", "2"]
+    real = conv.save_training_state
+
+    def save_then_interrupt(path: Path, body: dict[str, Any]) -> None:
+        real(path, body)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conv, "save_training_state", save_then_interrupt)
+    assert main(args) == 130
+    err = capsys.readouterr().err
+    assert f"the training checkpoint in {out} (written every 2 steps)" in err
+    monkeypatch.setattr(conv, "save_training_state", real)
+    assert main([*args, "--resume"]) == 0
+    assert "| midpoint, after 4 steps |" in capsys.readouterr().out
+    assert not training_checkpoint(out).exists()
