@@ -351,7 +351,7 @@ def load_training_state(path: Path, cfg: ConvertConfig, source: str) -> dict[str
     if not path.is_file():
         return None
     try:
-        body = torch.load(path, weights_only=False)
+        body = torch.load(path, weights_only=True)
         saved_cfg, saved_source = body["config"], body["source"]
     except Exception as e:  # a damaged file: torch and pickle raise many types
         raise ConfigError(f"{path}: not a readable conversion checkpoint ({e}); delete it") from e
