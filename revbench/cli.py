@@ -200,13 +200,24 @@ def _cmd_convert(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.convert import ConvertConfig, convert
 
     fields = ("arch", "steps", "lr", "batch_size", "seq_len", "lm_weight", "trainable", "data")
+    fields += ("init", "init_a", "backprop", "checkpoint_every")
     given = {f: getattr(args, f) for f in (*fields, "tokenizer", "seed")}
     try:
         cfg = ConvertConfig(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as e:
         bad = e.errors()[0]
-        raise RevbenchError(f"convert: --{bad['loc'][0]}: {bad['msg']}") from None
-    _, report = convert(args.source, cfg, out=args.out)
+        flag = str(bad["loc"][0]).replace("_", "-")
+        raise RevbenchError(f"convert: --{flag}: {bad['msg']}") from None
+    try:
+        _, report = convert(args.source, cfg, out=args.out, resume=args.resume, progress=err)
+    except KeyboardInterrupt:
+        every = f"every {cfg.checkpoint_every} steps" if cfg.checkpoint_every else "never"
+        print(
+            f"revbench: interrupted; the training checkpoint in {args.out} (written {every}) "
+            "continues with --resume",
+            file=sys.stderr,
+        )
+        return 130
     print(report.markdown(), end="")
     print(f"saved {args.out} ({report.wall_time_s:.0f} s)")
     return EXIT_OK
@@ -448,6 +459,30 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--data", help="corpus: kjv (default), a local file or a hub data set")
     conv.add_argument("--tokenizer", help="auto (default: the checkpoint's own), byte, or a file")
     conv.add_argument("--seed", type=int, help="default 0")
+    conv.add_argument(
+        "--init",
+        choices=["auto", "naive", "mean", "pair", "pair2", "damped"],
+        help="where the reversible model starts (default auto: the closest start measured "
+        "for the arch; README: conversion)",
+    )
+    conv.add_argument("--init-a", type=float, help="init damped: its coefficient a (default 0.2)")
+    conv.add_argument(
+        "--backprop",
+        choices=["auto", "reversible", "autograd"],
+        help="distillation's backward: the reversible one or autograd (default auto: "
+        "autograd for init damped)",
+    )
+    conv.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="N",
+        help="write a training checkpoint to --out every N steps (default 50; 0: never)",
+    )
+    conv.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the training checkpoint in --out (same settings; --steps may grow)",
+    )
     conv.set_defaults(func=_cmd_convert)
 
     doc = sub.add_parser(

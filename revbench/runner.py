@@ -222,7 +222,7 @@ def _row(
         **host,
         **case.settings(),
         "metrics": ",".join(case.metrics),
-        "readout": scheme_readout(case.model["arch"]),
+        "readout": scheme_readout(case.model["arch"], case.model.get("readout", "auto")),
         **columns,
         "status": status,
         "error": error,

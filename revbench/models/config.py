@@ -27,14 +27,22 @@ def is_reversible(arch: str) -> bool:
     return arch in ARCHITECTURES and getattr(ARCHITECTURES.get(arch), "reversible", False)
 
 
-def scheme_readout(arch: str) -> str | None:
-    """What the LM head reads from a reversible ``arch``'s final state (its builder's
-    ``readout`` fact: ``last`` slot, ``mean`` of the two slots, ``concat`` of halves; revbench's
-    choice); None for a residual architecture or an unknown name."""
-    return getattr(ARCHITECTURES.get(arch), "readout", None) if is_reversible(arch) else None
+def scheme_readout(arch: str, readout: str = "auto") -> str | None:
+    """What the LM head reads from a reversible ``arch``'s final state: the model's ``readout``
+    setting, or with ``auto`` its builder's ``readout`` fact (``last`` slot, ``mean`` of the two
+    slots, ``concat`` of halves; revbench's choice); None for a residual architecture or an
+    unknown name."""
+    if not is_reversible(arch):
+        return None
+    return readout if readout != "auto" else getattr(ARCHITECTURES.get(arch), "readout", None)
 
 
 PosInt = Annotated[int, Field(ge=1)]
+
+FORCE_ARCHS = ("midpoint", "leapfrog", "hamiltonian")
+"""Architectures whose steps may apply a retrofit force (``ModelConfig.force``)."""
+READOUT_ARCHS = ("midpoint", "leapfrog", "hamiltonian", "revnet")
+"""Two-slot reversible architectures whose readout may be chosen (``ModelConfig.readout``)."""
 
 
 @dataclass(config=ConfigDict(extra="forbid", strict=True))
@@ -77,7 +85,8 @@ class ModelConfig:
 
     # --- reversible schemes (Gal et al.) ---
     step_size: Annotated[float, Field(gt=0)] = 1.0
-    """h in the midpoint / leapfrog updates."""
+    """h in the midpoint / leapfrog updates; the branches' scale in the Hamiltonian's
+    (q = a q + h Attn(N1(p)), p = b p + h MLP(N2(q)))."""
     a: float | None = None
     """Generalised midpoint coefficient, the same in every layer (Gal et al. Eq. 3.6):
     p_{l+1} = a p_{l-1} + (1-a) p_l + h f(p_l). None selects the plain midpoint
@@ -107,6 +116,23 @@ class ModelConfig:
     divides by it). arch hamiltonian only; a = b = 1 is RevNet's update."""
     ham_b: float = 1.0
     """Hamiltonian coefficient b in p_l = b p_{l-1} + MLP(N2(q_l)); non-zero, as ham_a."""
+    ham_carry: bool = False
+    """Hamiltonian only: carry the other slot's complement, q_l = a q_{l-1} + (1-a) p_{l-1} +
+    h Attn(N1(p_{l-1})), p_l = b p_{l-1} + (1-b) q_l + h MLP(N2(q_l)): the generalised midpoint
+    (Gal et al. Eq. 3.6) on the coupling's half-steps (revbench's retrofit, ``convert --init
+    damped``); at a = b = 1 the same update as without it."""
+    force: Literal["block", "pair", "pair2"] = "block"
+    """What each step of midpoint, leapfrog and hamiltonian applies to the state (revbench's
+    reading of Gal et al.'s conversion of a residual network, ``revbench.models.retrofit``):
+    block: the layer's own block f_l (or its branch); pair: f_l(p) + sign f_{l-1}(p), the
+    previous block's update estimated at the current state (p_{l-1} ~ p_l - f_{l-1}(p_l), first
+    order; sign + for midpoint and hamiltonian, - for leapfrog; the hamiltonian pairs each
+    branch with the half-step before it); pair2: f_l(p) + sign f_{l-1}(p - f_{l-1}(p)), one
+    more fixed-point step. pair costs two block evaluations per step, pair2 three."""
+    readout: Literal["auto", "last", "mean"] = "auto"
+    """What the LM head reads from a two-slot reversible stack's final state: the last slot,
+    the mean of both, or auto (the architecture's own: last for midpoint and leapfrog, mean
+    for hamiltonian and revnet)."""
 
     # --- pretrained-model compatibility (issue 6: loading GPT-2, Llama, Qwen2 checkpoints) ---
     n_kv_heads: Annotated[int, Field(ge=0)] = 0
@@ -222,6 +248,7 @@ class ModelConfig:
                         f"a_layers[{i}] is {a}: every coefficient must be non-zero and finite "
                         "(the midpoint inverse divides by it)"
                     )
+        self._check_retrofit_settings()
         for name in ("ham_a", "ham_b"):
             value = getattr(self, name)
             if bad(value):
@@ -234,6 +261,25 @@ class ModelConfig:
                     f"{name} is a coefficient of arch hamiltonian; arch is '{self.arch}' "
                     f"(use arch: hamiltonian, or leave {name} at 1)"
                 )
+
+    def _check_retrofit_settings(self) -> None:
+        """force, readout and ham_carry: only where the architecture has them."""
+        known = self.arch in ARCHITECTURES
+        if self.force != "block" and known and self.arch not in FORCE_ARCHS:
+            raise ConfigError(
+                f"force: {self.force} pairs the blocks of midpoint, leapfrog or hamiltonian; "
+                f"arch is '{self.arch}' (leave force at block)"
+            )
+        if self.readout != "auto" and known and self.arch not in READOUT_ARCHS:
+            raise ConfigError(
+                f"readout: {self.readout} chooses between a two-slot reversible stack's slots; "
+                f"arch '{self.arch}' has no such choice (leave readout at auto)"
+            )
+        if self.ham_carry and known and self.arch != "hamiltonian":
+            raise ConfigError(
+                f"ham_carry is a setting of arch hamiltonian; arch is '{self.arch}' "
+                "(use arch: hamiltonian, or leave ham_carry false)"
+            )
 
     def midpoint_coefficients(self) -> list[float | None]:
         """The generalised midpoint's a of each layer, first layer first (None: the plain

@@ -67,6 +67,7 @@ from revbench.errors import ConfigError
 from revbench.models.blocks import Block
 from revbench.models.config import ARCHITECTURES, ModelConfig
 from revbench.models.output import LanguageModel
+from revbench.models.retrofit import paired_forces
 from revbench.models.schemes import (
     AdditiveCoupling,
     Grads,
@@ -278,7 +279,8 @@ class ReversibleLM(LanguageModel):
 
     ``prologue`` steps (the Euler start) run before the ``n_layers`` layers of
     ``steps_per_layer`` steps each (``layer(i, block)``: layer i's steps, so a scheme may differ
-    between layers); ``readout`` maps the final pair to what the head reads.
+    between layers; ``block`` is layer i's block, or what ``forces`` made of the blocks for it);
+    ``readout`` maps the final pair to what the head reads.
     """
 
     def __init__(
@@ -288,6 +290,7 @@ class ReversibleLM(LanguageModel):
         readout: Callable[[State], Tensor],
         prologue: Callable[[Block], list[Step]] | None = None,
         block: Callable[[ModelConfig], torch.nn.Module] = Block,
+        forces: Callable[[Sequence[Block]], list[torch.nn.Module]] | None = None,
     ) -> None:
         if cfg.checkpointing:  # ModelConfig rejects this too; kept for direct construction
             raise ConfigError(f"arch '{cfg.arch}' is reversible; checkpointing must be false")
@@ -302,7 +305,10 @@ class ReversibleLM(LanguageModel):
         self.grads_per_block = False
         self.readout = readout
         pro = prologue(self.blocks[0]) if prologue else []
-        layers = [layer(i, b) for i, b in enumerate(self.blocks)]
+        # What layer i's steps evaluate: its block, or a force pairing it with its neighbour
+        # (``forces``, ``retrofit.paired_forces``; ``ModelConfig.force``).
+        per_layer = forces(list(self.blocks)) if forces else list(self.blocks)
+        layers = [layer(i, b) for i, b in enumerate(per_layer)]
         # Plain list: the blocks are registered once, in self.blocks.
         self.steps: list[Step] = pro + [s for steps in layers for s in steps]
         self.n_prologue = len(pro)
@@ -330,6 +336,13 @@ class ReversibleLM(LanguageModel):
 
     def run_stack(self, x: Tensor) -> State:
         """The final state from the embedding ``x``: the Function, or the plain path."""
+        if self.config.force != "block" and (
+            self.grads_per_block or any(fsdp_sharded(b) for b in self.blocks)
+        ):
+            raise RuntimeError(
+                f"force {self.config.force} evaluates two blocks in one step; DDP's per-block "
+                "gradients and FSDP2 expect one (use force: block)"
+            )
         weights = tuple(self.blocks.parameters())
         needs_grad = torch.is_grad_enabled() and (
             x.requires_grad or any(w.requires_grad for w in weights)
@@ -365,6 +378,18 @@ def _mean(state: State) -> Tensor:
     return 0.5 * (state[0] + state[1])
 
 
+def _readout(cfg: ModelConfig, default: Callable[[State], Tensor]) -> Callable[[State], Tensor]:
+    """The readout ``cfg.readout`` asks for (auto: the architecture's ``default``)."""
+    return {"auto": default, "last": _last, "mean": _mean}[cfg.readout]
+
+
+def _forces(cfg: ModelConfig, sign: float, branches: bool = False) -> Any:
+    """``ReversibleLM``'s ``forces`` for ``cfg.force`` (None: each layer its own block)."""
+    if cfg.force == "block":
+        return None
+    return lambda blocks: paired_forces(cfg.force, blocks, sign, branches=branches)
+
+
 def _euler_start(cfg: ModelConfig) -> Callable[[Block], list[Step]] | None:
     """p_0 = p_{-1} + h f_1(p_{-1}) with the FIRST block's weights (shared with layer 1, so the
     parameter count equals the baseline's); a step of the Function, rebuilt like the others.
@@ -375,11 +400,14 @@ def _euler_start(cfg: ModelConfig) -> Callable[[Block], list[Step]] | None:
     return lambda block: [(AdditiveCoupling(1, "f", cfg.step_size), block)]
 
 
-def _coupling_layer(a: float = 1.0, b: float = 1.0) -> Callable[[int, Block], list[Step]]:
-    """The two half-steps of a coupling layer on (q, p): q = a q + Attn(N1(p)), then
-    p = b p + MLP(N2(q)); both slots start as the embedding (revbench's choice)."""
-    attn = AdditiveCoupling(0, "attn_branch", keep=a)
-    mlp = AdditiveCoupling(1, "mlp_branch", keep=b)
+def _coupling_layer(
+    a: float = 1.0, b: float = 1.0, h: float = 1.0, carry: bool = False
+) -> Callable[[int, Block], list[Step]]:
+    """The two half-steps of a coupling layer on (q, p): q = a q + h Attn(N1(p)), then
+    p = b p + h MLP(N2(q)) (with ``carry``, plus (1-a) p and (1-b) q); both slots start as the
+    embedding (revbench's choice)."""
+    attn = AdditiveCoupling(0, "attn_branch", scale=h, keep=a, mix=(1 - a) if carry else 0.0)
+    mlp = AdditiveCoupling(1, "mlp_branch", scale=h, keep=b, mix=(1 - b) if carry else 0.0)
     return lambda i, block: [(attn, block), (mlp, block)]
 
 
@@ -409,13 +437,25 @@ def _register(
 )
 def build_midpoint(cfg: ModelConfig) -> ReversibleLM:
     schemes = [Midpoint(cfg.step_size, a) for a in cfg.midpoint_coefficients()]
-    return ReversibleLM(cfg, lambda i, b: [(schemes[i], b)], _last, _euler_start(cfg))
+    return ReversibleLM(
+        cfg,
+        lambda i, b: [(schemes[i], b)],
+        _readout(cfg, _last),
+        _euler_start(cfg),
+        forces=_forces(cfg, 1.0),
+    )
 
 
 @_register("leapfrog", "p_{l+1} = 2 p_l - p_{l-1} + h^2 f(p_l) (Gal et al.)")
 def build_leapfrog(cfg: ModelConfig) -> ReversibleLM:
     scheme = Leapfrog(cfg.step_size)
-    return ReversibleLM(cfg, lambda i, b: [(scheme, b)], _last, _euler_start(cfg))
+    return ReversibleLM(
+        cfg,
+        lambda i, b: [(scheme, b)],
+        _readout(cfg, _last),
+        _euler_start(cfg),
+        forces=_forces(cfg, -1.0),
+    )
 
 
 @_register(
@@ -426,7 +466,8 @@ def build_leapfrog(cfg: ModelConfig) -> ReversibleLM:
     recompute="branches",
 )
 def build_hamiltonian(cfg: ModelConfig) -> ReversibleLM:
-    return ReversibleLM(cfg, _coupling_layer(cfg.ham_a, cfg.ham_b), _mean)
+    layer = _coupling_layer(cfg.ham_a, cfg.ham_b, cfg.step_size, cfg.ham_carry)
+    return ReversibleLM(cfg, layer, _readout(cfg, _mean), forces=_forces(cfg, 1.0, branches=True))
 
 
 @_register(
@@ -436,7 +477,7 @@ def build_hamiltonian(cfg: ModelConfig) -> ReversibleLM:
     recompute="branches",
 )
 def build_revnet(cfg: ModelConfig) -> ReversibleLM:
-    return ReversibleLM(cfg, _coupling_layer(), _mean)
+    return ReversibleLM(cfg, _coupling_layer(), _readout(cfg, _mean))
 
 
 def _rel_error(rebuilt: State, true: State) -> float:

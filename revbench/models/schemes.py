@@ -306,11 +306,13 @@ Branch = Literal["attn_branch", "mlp_branch", "f"]
 class AdditiveCoupling(Scheme):
     """Additive coupling: one slot moves by a branch of the other, which stays put.
 
-        y_t = k x_t + s B(x_o),  y_o = x_o        inverse  x_t = (y_t - s B(y_o)) / k   (k != 0)
-    Adjoint: g_{x_t} = k g_{y_t},   g_{x_o} = g_{y_o} + s J_B^T g_{y_t}
+        y_t = k x_t + m x_o + s B(x_o),  y_o = x_o
+        inverse  x_t = (y_t - m y_o - s B(y_o)) / k   (k != 0)
+    Adjoint: g_{x_t} = k g_{y_t},   g_{x_o} = g_{y_o} + m g_{y_t} + s J_B^T g_{y_t}
 
     (t = ``target``, o = the other slot, B = ``branch`` of the block, k = ``keep``, s =
-    ``scale``.) Two of these make a layer: RevNet (Gomez et al. 2017) Y1 = X1 + Attn(N1(X2)),
+    ``scale``, m = ``mix``, 0 but for the Hamiltonian's ``ham_carry``: m = 1 - k.) Two of
+    these make a layer: RevNet (Gomez et al. 2017) Y1 = X1 + Attn(N1(X2)),
     Y2 = X2 + MLP(N2(Y1)); the Hamiltonian scheme (Gal et al. Eqs. 2.8-2.9)
     q_l = a q_{l-1} + Attn(N1(p_{l-1})), p_l = b p_{l-1} + MLP(N2(q_l)) with (q, p) in the slots
     and k = a, then b (reversible for any non-zero a, b; at a = b = 1, the default, it is
@@ -323,10 +325,13 @@ class AdditiveCoupling(Scheme):
     branch: Branch
     scale: float = 1.0
     keep: float = 1.0
+    mix: float = 0.0
 
     def forward_step(self, x: State, block: Block) -> State:
         x_t, x_o = x[self.target], x[1 - self.target]
         y_t = _keep_add(x_t, self.keep, getattr(block, self.branch)(x_o), self.scale)
+        if self.mix:
+            y_t = _add_into(y_t, x_o, self.mix)  # y_t is new: _keep_add made it
         return (y_t, x_o) if self.target == 0 else (x_o, y_t)
 
     @torch.no_grad()
@@ -334,6 +339,8 @@ class AdditiveCoupling(Scheme):
         t, o = self.target, 1 - self.target
         x = list(y)
         x[t] = y[t].clone().sub_(getattr(block, self.branch)(y[o]), alpha=self.scale)
+        if self.mix:
+            x[t].sub_(y[o], alpha=self.mix)
         if self.keep != 1:
             x[t].div_(self.keep)
         return tuple(x)
@@ -351,6 +358,8 @@ class AdditiveCoupling(Scheme):
         if rebuild:
             with torch.no_grad():
                 y[t].sub_(r.value, alpha=self.scale)  # x_t, in y_t's memory
+                if self.mix:
+                    y[t].sub_(y[o], alpha=self.mix)
                 if self.keep != 1:
                     y[t].div_(self.keep)
         else:
@@ -359,5 +368,12 @@ class AdditiveCoupling(Scheme):
         (jg,), grads = r.vjp([g[t]], params)
         g[o] = axpy(g[o], jg, self.scale) if g[o] is not None else scaled(jg, self.scale, g[t])
         del jg
+        if self.mix and g[t] is not None:
+            # g[o] may be g[t] itself (vjp's pass-through): then a new tensor, not in place
+            g[o] = (
+                torch.add(g[o], g[t], alpha=self.mix)
+                if g[o] is g[t]
+                else axpy(g[o], g[t], self.mix)
+            )
         g[t] = scaled(g[t], self.keep, g[o])  # g[o] may be g[t] itself (vjp's pass-through)
         return scale(grads, self.scale)

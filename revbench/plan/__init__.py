@@ -49,6 +49,11 @@ class MemoryPlan:
 
 def predict_dims(D: Dims) -> MemoryPlan:
     """The plan of a case given as ``Dims``."""
+    if D.cfg.force != "block":
+        raise NotImplementedError(
+            f"the planner models one block per reversible step; force {D.cfg.force} "
+            "evaluates two (no prediction)"
+        )
     state = charged(D, "optimizer")
     tl = replay_step(D, base=charged(D, "params") + (state if D.warm_optimizer else 0))
     terms = tuple(activations(D))

@@ -78,7 +78,10 @@ class Dims:
 
     @property
     def readout(self) -> str:
-        """What the head reads from a reversible model's final state (the registry's fact)."""
+        """What the head reads from a reversible model's final state (the model's readout
+        setting, or the registry's fact)."""
+        if self.cfg.readout != "auto":
+            return self.cfg.readout
         return getattr(ARCHITECTURES.get(self.cfg.arch), "readout", "last")
 
     @property

@@ -114,19 +114,39 @@ def lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
     return out.loss if out.aux_loss is None else out.loss + out.aux_loss
 
 
+@dataclasses.dataclass
+class TrainState:
+    """Where a ``train`` run stands: what a resumed run continues from."""
+
+    step: int = 0
+    """Steps done."""
+    tokens: int = 0
+    recent: list[float] = dataclasses.field(default_factory=list)
+    """The losses of the last ``FINAL_LOSS_STEPS`` steps."""
+
+
 def train(
     params: Iterable[nn.Parameter],
     step_loss: Callable[[int], tuple[torch.Tensor, int]],
     steps: int,
     lr: float,
+    *,
+    state: TrainState | None = None,
+    optimizer_state: dict[str, Any] | None = None,
+    after_step: Callable[[TrainState, torch.optim.Optimizer, float], None] | None = None,
 ) -> tuple[float | None, int]:
     """AdamW for ``steps`` steps; ``step_loss(i)`` returns (loss, tokens fed). Returns the mean
-    loss of the last ``FINAL_LOSS_STEPS`` steps (None without steps) and the tokens seen."""
+    loss of the last ``FINAL_LOSS_STEPS`` steps (None without steps) and the tokens seen.
+
+    To resume, pass the ``state`` and the optimizer's ``optimizer_state`` a run had reached:
+    the loop continues from ``state.step`` (``state`` is updated in place).
+    ``after_step(state, optimizer, loss)`` runs after every step (progress, checkpoints)."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    losses: list[float] = []
-    tokens = 0
-    for i in range(steps):
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    state = state if state is not None else TrainState()
+    for i in range(state.step, steps):
         loss, n = step_loss(i)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -135,7 +155,10 @@ def train(
         value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"training loss became {value} at step {i}")
-        losses.append(value)
-        tokens += n
-    tail = losses[-FINAL_LOSS_STEPS:]
-    return (sum(tail) / len(tail) if tail else None), tokens
+        state.recent = [*state.recent, value][-FINAL_LOSS_STEPS:]
+        state.tokens += n
+        state.step = i + 1
+        if after_step is not None:
+            after_step(state, opt, value)
+    tail = state.recent
+    return (sum(tail) / len(tail) if tail else None), state.tokens

@@ -80,6 +80,7 @@ def case_model(case: Case, tokenizer: Tokenizer | None) -> tuple[nn.Module, dict
             seq_len=data["seq_len"],
             lm_weight=tr["lm_weight"],
             trainable=tr["distill_trainable"],
+            init=tr["distill_init"],
             seed=tr["seed"],
         )
         model, report = convert(pretrained, conv, tokenizer=tokenizer)
