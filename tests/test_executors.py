@@ -229,8 +229,13 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
 
 
 def _is_case(proc: psutil.Process) -> bool:
+    """A case process: started as ``python -m revbench.child``, or forked by the warm zygote
+    (``python -m revbench.zygote``, whose command line it inherits)."""
     try:
-        return "revbench.child" in proc.cmdline()
+        if "revbench.child" in proc.cmdline():
+            return True
+        parent = proc.parent()
+        return parent is not None and "revbench.zygote" in parent.cmdline()
     except psutil.Error:  # ended meanwhile (the git call that reads the commit)
         return False
 
