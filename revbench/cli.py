@@ -48,14 +48,13 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.resources import Resources
 
     resources = Resources.parse(_key_values(args.resources), "--resources")
-    if args.memory_cap:  # read by every case process started from here (child._cap_memory)
+    if args.memory_cap:
         from revbench.measure.batch import parse_bytes
 
         try:
             parse_bytes(args.memory_cap)
         except ValueError as e:
             raise RevbenchError(f"--memory-cap: {e}") from None
-        os.environ["REVBENCH_MEMORY_CAP"] = args.memory_cap
     # A bad suite or --out is reported before any cluster is started.
     load_suite(args.suite, max_case_runs=args.max_case_runs)
     check_out_dir(args.out, create=False)  # made by run_suite once the executor exists
@@ -69,6 +68,11 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     # SIGTERM (kill, a scheduler's preemption) unwinds like Ctrl-C: in-flight case processes and
     # Ray tasks are stopped, a local Ray instance is shut down, finished rows stay.
     signal.signal(signal.SIGTERM, _interrupt)
+    # Read by the case processes started below (child._cap_memory); put back afterwards so a
+    # caller's environment (a test, a notebook) does not keep the cap.
+    previous_cap = os.environ.get("REVBENCH_MEMORY_CAP")
+    if args.memory_cap:
+        os.environ["REVBENCH_MEMORY_CAP"] = args.memory_cap
     try:
         report = run_suite(
             args.suite,
@@ -85,6 +89,10 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
         )
     finally:
         executor.close()
+        if previous_cap is None:
+            os.environ.pop("REVBENCH_MEMORY_CAP", None)
+        else:
+            os.environ["REVBENCH_MEMORY_CAP"] = previous_cap
     out.print(summary_table(report))
     if report.failed:
         err.print(f"{len(report.failed)} of {len(report.rows)} case runs failed")
