@@ -123,6 +123,17 @@ def child_command(case: Case, metric: str, case_file: Path, out: Path) -> list[s
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, *child]
 
 
+def _child_env(metric: str) -> dict[str, str]:
+    """The environment of a case process measuring ``metric``."""
+    # PCI bus order makes torch's device indices those of nvidia-smi and NVML.
+    return {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        **os.environ,
+        **METRICS.get(metric).env,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def _run_child(
     case: Case, metric: str, workdir: Path, timeout_s: float
 ) -> tuple[str, str | None, dict[str, Any]]:
@@ -130,13 +141,7 @@ def _run_child(
     tag = f"{metric}-{len(list(workdir.glob('*.case.json')))}"
     case_file, out, log = (workdir / f"{tag}.{ext}" for ext in ("case.json", "json", "log"))
     case_file.write_text(json.dumps(case.to_dict()))
-    # PCI bus order makes torch's device indices those of nvidia-smi and NVML.
-    env = {
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-        **os.environ,
-        **METRICS.get(metric).env,
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = _child_env(metric)
     cmd = child_command(case, metric, case_file, out)
     if timeout_s <= 0:
         return "timeout", f"{metric}: not started, case timeout reached", {}
@@ -406,6 +411,10 @@ def _run_locked(
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     jobs = [Job(case, rep, run_id, str(path)) for case, rep in todo]
     executor = executor or LocalExecutor()
+    if _warm_enabled():  # every zygote the run needs imports at once, beside this process
+        forked = {m for c, _ in todo if c.train["parallel"] == "none" for m in c.metrics}
+        for metric in sorted(forked):
+            zygote_for(_child_env(metric)).start()
     # Repeats of a case still to come in this run; at zero its median row is (re)written.
     remaining = collections.Counter(case.config_hash for case, _ in todo)
     console = console or Console(stderr=True)
