@@ -50,11 +50,10 @@ def run(case_file: Path, metric: str) -> dict[str, Any]:
     """Measure ``metric`` in this process (one rank of a parallel case: its own columns)."""
     import torch
 
+    from revbench.case import Case
     from revbench.measure import parallel
-    from revbench.measure.device import device_info
+    from revbench.measure.device import device_info, resolve_device
     from revbench.measure.metrics import METRICS
-    from revbench.measure.step import resolve_device
-    from revbench.suite import Case
 
     case = Case.from_dict(json.loads(case_file.read_text()))
     try:
@@ -89,7 +88,7 @@ def _cap_memory(case: Any, device: str) -> None:
     a CPU case process: its data segment may grow by at most that many bytes from here
     (RLIMIT_DATA, which counts the private anonymous memory tensors live in), so a runaway case
     fails with an ``oom`` row instead of taking the machine down."""
-    from revbench.measure.batch import parse_bytes
+    from revbench.units import parse_bytes
 
     cap = case.measure.get("memory_cap") or os.environ.get("REVBENCH_MEMORY_CAP")
     if not cap or device != "cpu":

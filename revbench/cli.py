@@ -25,7 +25,7 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOT_SAVED = 0, 1, 2, 3
 
 
 def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from revbench.results import check_out_dir
+    from revbench.outdir import check_out_dir
     from revbench.runner import plan, run_suite, summary_table
     from revbench.suite import load_suite
 
@@ -49,7 +49,7 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
     resources = Resources.parse(_key_values(args.resources), "--resources")
     if args.memory_cap:
-        from revbench.measure.batch import parse_bytes
+        from revbench.units import parse_bytes
 
         try:
             parse_bytes(args.memory_cap)

@@ -24,25 +24,31 @@ from revbench.errors import RevbenchError
 
 @dataclasses.dataclass(frozen=True)
 class Compared:
+    """A column compared, and how it is shown; which way is better is the column's own fact
+    (``Column.better`` in the results schema)."""
+
     column: str
     label: str
-    higher_is_better: bool
     scale: float = 1.0
     digits: int = 1
 
+    @property
+    def higher_is_better(self) -> bool:
+        return results.column_info()[self.column].better == "higher"
+
 
 METRICS: tuple[Compared, ...] = (
-    Compared("peak_mem_bytes", "peak memory (MiB)", False, views.MIB),
-    Compared("activation_bytes", "activations (MiB)", False, views.MIB, 2),
-    Compared("tokens_per_s", "throughput (tokens/s)", True, 1.0, 0),
-    Compared("max_batch_size", "max batch size", True, 1.0, 0),
-    Compared("max_batch_tokens_per_s", "tokens/s at max batch", True, 1.0, 0),
+    Compared("peak_mem_bytes", "peak memory (MiB)", views.MIB),
+    Compared("activation_bytes", "activations (MiB)", views.MIB, 2),
+    Compared("tokens_per_s", "throughput (tokens/s)", 1.0, 0),
+    Compared("max_batch_size", "max batch size", 1.0, 0),
+    Compared("max_batch_tokens_per_s", "tokens/s at max batch", 1.0, 0),
 )
 
 
 def _quality_metrics(*frames: pd.DataFrame) -> list[Compared]:
     names = sorted({c for f in frames for c in views.quality_columns(f)})
-    return [Compared(n, n, "perplexity" not in n, 1.0, 4) for n in names]
+    return [Compared(n, n, 1.0, 4) for n in names]
 
 
 def parse_threshold(text: str | float) -> float:

@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from revbench.errors import ConfigError
-from revbench.models import build_model
+from revbench.models import ARCHITECTURES, arch_facts, build_model
 from revbench.models.head import CrossEntropy, DistillKL, chunked_head_loss, next_token_targets
 from revbench.models.hf import from_pretrained, load_weights, save_checkpoint
 from revbench.models.output import loss_dtype
@@ -431,16 +431,22 @@ def convert(
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     teacher = teacher if teacher is not None else from_pretrained(source)
-    if teacher.config.arch not in ("baseline", "moe"):
+    original, target = arch_facts(teacher.config.arch), arch_facts(cfg.arch)
+    if not original.teacher:
+        teachers = " or ".join(e.name for e in ARCHITECTURES.entries() if e.obj.teacher)
         raise ConfigError(
-            f"{source}: the original must be a baseline or moe model, not {teacher.config.arch}"
+            f"{source}: the original must be a {teachers} model, not {teacher.config.arch}"
         )
-    if teacher.config.arch == "moe" and cfg.arch != "revffn":
+    if original.moe_block and not target.moe_block:
+        into = ", ".join(
+            e.name for e in ARCHITECTURES.entries() if e.obj.moe_block and e.obj.reversible
+        )
         raise ConfigError(
-            f"{source} is a mixture-of-experts model: it converts into arch revffn, not {cfg.arch}"
+            f"{source} is a mixture-of-experts model: it converts into arch {into}, not {cfg.arch}"
         )
-    if cfg.trainable == "adapters" and cfg.arch != "revffn":
-        raise ConfigError("trainable: adapters needs arch revffn (the only one with adapters)")
+    if cfg.trainable == "adapters" and not target.adapters:
+        owners = ", ".join(e.name for e in ARCHITECTURES.entries() if e.obj.adapters)
+        raise ConfigError(f"trainable: adapters needs arch {owners} (the only one with adapters)")
     student = build_student(teacher, cfg, str(source))
     tok = tokenizer or get_tokenizer(cfg.tokenizer, str(source))
     if tok.vocab_size > teacher.config.vocab_size:
@@ -493,7 +499,7 @@ def _check_before_distilling(cfg: ConvertConfig, out: str | Path | None) -> None
     """Fail in one line before any weight is loaded: an unknown ``arch``, an ``out`` that
     cannot be written (minutes of distillation must not end in a failed save)."""
     from revbench.models import ARCHITECTURES
-    from revbench.results import check_out_dir
+    from revbench.outdir import check_out_dir
 
     try:
         ARCHITECTURES.get(cfg.arch)

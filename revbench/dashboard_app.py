@@ -188,7 +188,7 @@ def view_quality(df: pd.DataFrame) -> None:
     if not names:
         st.info(
             "No accuracy or perplexity in these results yet: the view plots columns named "
-            "`eval_*`, `accuracy` or `perplexity` once accuracy tasks write them."
+            "`accuracy` or `perplexity` once accuracy tasks write them."
         )
     else:
         metric = st.selectbox("Quality metric", names, key="quality_metric")

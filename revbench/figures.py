@@ -261,7 +261,7 @@ def depth(points: pd.DataFrame, fits: pd.DataFrame, metric: str, label: str) -> 
 
 
 def quality(s: pd.DataFrame, metric: str, x: str, x_label: str) -> go.Figure:
-    """View 4: a quality metric (accuracy, perplexity, eval_*) against memory or steps."""
+    """View 4: a quality metric (accuracy, perplexity) against memory or steps."""
     fig = go.Figure()
     scale = MIB if x.endswith("_bytes") else 1.0
     for arch, g in s.dropna(subset=[metric, x]).groupby("arch_label", sort=True):

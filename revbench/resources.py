@@ -22,7 +22,7 @@ from revbench.limits import quote
 _NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 if TYPE_CHECKING:
-    from revbench.suite import Case
+    from revbench.case import Case
 
 CPU, GPU = "CPU", "GPU"
 

@@ -23,10 +23,9 @@ files that are corrupt or were not written by revbench.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 import statistics
-import tempfile
 import types
 import typing
 import warnings
@@ -37,21 +36,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from revbench.columns import STATUSES, Column
 from revbench.errors import ResultsError
 
 SCHEMA_VERSION = 4
 _META_KEY = b"revbench.schema_version"
 
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-    name: str
-    type: pa.DataType
-    unit: str
-    description: str
-
-
-STATUSES = ("ok", "oom", "error", "timeout")
 
 PROVENANCE: tuple[Column, ...] = (
     Column("schema_version", pa.int32(), "", "results schema version"),
@@ -170,6 +160,13 @@ def columns() -> tuple[Column, ...]:
     return (*PROVENANCE, *config_columns(), *metric_cols, *OUTCOME)
 
 
+@functools.cache
+def column_info() -> dict[str, Column]:
+    """Every column of the schema by name: its unit, description, and which way is better
+    (what ``compare`` and the views read instead of restating it)."""
+    return {c.name: c for c in columns()}
+
+
 def arrow_schema() -> pa.Schema:
     meta = {_META_KEY: str(SCHEMA_VERSION).encode()}
     return pa.schema([pa.field(c.name, c.type, nullable=True) for c in columns()], metadata=meta)
@@ -237,33 +234,6 @@ def writable_row(row: dict[str, Any]) -> dict[str, Any]:
     out["status"] = "error"
     out["error"] = f"{reason}; {row.get('error')}" if row.get("error") else reason
     return out
-
-
-def check_out_dir(path: str | Path, *, create: bool) -> Path:
-    """``path`` as a results folder: an existing writable folder, or one that can be made (made,
-    and a file written and removed in it, when ``create``); raises ``ResultsError`` with one
-    line naming the fix otherwise."""
-    path = Path(path)
-    probe = path
-    while not probe.exists():
-        if probe.is_symlink():
-            raise ResultsError(f"--out {path}: {probe} is a broken link; give another folder")
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ResultsError(f"--out {path}: {probe} is a file, not a folder; give a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        what = "folder" if probe == path else "parent folder"
-        raise ResultsError(f"--out {path}: {what} {probe} is not writable; give another folder")
-    if create:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as e:
-            raise ResultsError(f"--out {path}: cannot write there ({e.strerror})") from None
-    return path
 
 
 # --- reading -------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from revbench.measure.batch import BYTES_PATTERN
 from revbench.models import ModelConfig
+from revbench.units import BYTES_PATTERN
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
 import itertools
-import json
 import math
 import unicodedata
 from collections.abc import Iterable
@@ -39,15 +37,16 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from revbench import limits, safe_yaml
+from revbench.case import Case
 from revbench.errors import ConfigError, RevbenchError, SuiteError
 from revbench.limits import quote
-from revbench.measure.batch import parse_bytes
 from revbench.measure.metrics import METRICS
 from revbench.models import ARCHITECTURES
 from revbench.models.config import is_reversible
 from revbench.registry import did_you_mean
 from revbench.resources import Resources
-from revbench.settings import FIELDS, HASHED_IF_SET, SECTIONS, UNHASHED, MeasureSettings
+from revbench.settings import FIELDS, SECTIONS, MeasureSettings
+from revbench.units import parse_bytes
 
 
 class _SuiteFile(BaseModel):
@@ -61,46 +60,6 @@ class _SuiteFile(BaseModel):
     metrics: Annotated[list[str], Field(min_length=1)]
     resources: dict[str, Any] = {}
     max_case_runs: Annotated[int, Field(ge=1, le=limits.INT64_MAX)] = limits.MAX_CASE_RUNS
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One fully resolved configuration: plain data, what a case process receives."""
-
-    suite: str
-    name: str
-    index: int
-    model: dict[str, Any]
-    data: dict[str, Any]
-    train: dict[str, Any]
-    measure: dict[str, Any]
-    metrics: tuple[str, ...]
-
-    @property
-    def config_hash(self) -> str:
-        """Hash of everything that changes what is measured (not timeout or repeat count)."""
-        body = {
-            s: {
-                k: v
-                for k, v in getattr(self, s).items()
-                if k not in UNHASHED and not (k in HASHED_IF_SET and v == HASHED_IF_SET[k])
-            }
-            for s in SECTIONS
-        }
-        body["metrics"] = sorted(self.metrics)
-        blob = json.dumps(body, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-    def settings(self) -> dict[str, Any]:
-        """Flat ``section.field -> value`` mapping (the config columns of a result row)."""
-        return {f"{s}.{k}": v for s in SECTIONS for k, v in getattr(self, s).items()}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Case:
-        return cls(**{**d, "metrics": tuple(d["metrics"])})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -361,10 +320,15 @@ def _resolve(
         )
     train = resolved["train"]
     arch = resolved["model"]["arch"]
-    if train["distill_trainable"] == "adapters" and is_reversible(arch) and arch != "revffn":
+    if (
+        train["distill_trainable"] == "adapters"
+        and is_reversible(arch)
+        and not ARCHITECTURES.get(arch).adapters
+    ):
+        owners = ", ".join(e.name for e in ARCHITECTURES.entries() if e.obj.adapters)
         raise SuiteError(
-            f"{where}: distill_trainable is adapters but arch is {resolved['model']['arch']}; "
-            "only revffn has adapters (use all or blocks)"
+            f"{where}: distill_trainable is adapters but arch is {arch}; "
+            f"only {owners} has adapters (use all or blocks)"
         )
     if train["parallel"] != "none" and resolved["model"]["force"] != "block":
         raise SuiteError(

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from revbench import results
+
 MIB = 2**20
 
 # Identity of a point: what a reader needs to tell two points apart.
@@ -42,8 +44,6 @@ IDENTITY = (
     "measure.budget",
     "revbench_version",
 )
-# Columns whose name marks a quality metric (a later issue adds accuracy tasks).
-_QUALITY = re.compile(r"^(eval_.+|.*accuracy.*|.*perplexity.*)$")
 _CONVERSION = re.compile(r"(^|\.)conversion_steps?$")
 
 
@@ -280,11 +280,11 @@ def prediction(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def quality_columns(df: pd.DataFrame) -> list[str]:
-    """Accuracy / perplexity / ``eval_*`` columns that hold at least one number."""
+    """The quality columns of the schema (``Column.quality``: accuracy, perplexity and their
+    intervals) that hold at least one number."""
+    info = results.column_info()
     return [
-        c
-        for c in df.columns
-        if _QUALITY.match(c) and c != "search_trial_list" and _numeric(df[c]).notna().any()
+        c for c in df.columns if c in info and info[c].quality and _numeric(df[c]).notna().any()
     ]
 
 

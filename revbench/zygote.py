@@ -8,7 +8,7 @@ code once and then, for each request, ``fork``s a case process that runs exactly
 space of its own, its own session (a timeout kills its process group), and a log file for its
 output; it dies with its parent, which dies with the runner.
 
-What the fork cannot give keeps the fresh-process path (``runner._run_child``): torchrun cases
+What the fork cannot give keeps the fresh-process path (``caserun._run_child``): torchrun cases
 (their ranks are torchrun's children), Ray and Slurm workers (they run ``run_job`` elsewhere), and
 anything run with ``--fresh-processes`` or ``REVBENCH_FRESH_PROCESSES=1``.
 

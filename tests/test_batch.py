@@ -11,7 +11,8 @@ import pytest
 
 from revbench import results
 from revbench.cli import main
-from revbench.measure.batch import Trial, parse_bytes, search_max
+from revbench.measure.batch import Trial, search_max
+from revbench.units import parse_bytes
 
 
 def planted(limit: int, calls: list[int]):

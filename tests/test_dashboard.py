@@ -166,17 +166,17 @@ def test_dashboard_binds_localhost_by_default() -> None:
 def test_accuracy_view_plots_quality_columns(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Accuracy columns arrive with a later schema; the view plots any eval_*/accuracy column."""
+    """The view plots the schema's quality columns (accuracy, perplexity) once rows have them."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from revbench import results
 
     df = results.load(FIXTURES / "base" / "fx_memory")
-    df["eval_accuracy"] = (df["status"] == "ok").astype(float)  # stand-in for a task's score
+    df["accuracy"] = (df["status"] == "ok").astype(float)  # stand-in for a task's score
     table = pa.Table.from_pandas(df, preserve_index=False)
     table = table.replace_schema_metadata({b"revbench.schema_version": b"1"})
     pq.write_table(table, tmp_path / "with_accuracy.parquet")
     at = run_app(monkeypatch, tmp_path)
     assert "fig_quality" in charts(at)
-    assert at.selectbox(key="quality_metric").value == "eval_accuracy"
+    assert at.selectbox(key="quality_metric").value == "accuracy"

@@ -24,7 +24,7 @@ MOE = {"n_experts": 4, "top_k": 2}
 
 
 def config(arch: str, **overrides: object) -> ModelConfig:
-    extra = MOE if getattr(ARCHITECTURES.get(arch), "needs_experts", False) else {}
+    extra = MOE if ARCHITECTURES.get(arch).needs_experts else {}
     return ModelConfig(**{**TINY, **extra, "arch": arch, **overrides})  # type: ignore[arg-type]
 
 

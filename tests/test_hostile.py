@@ -511,8 +511,8 @@ def test_results_readers_skip_each_damaged_class_with_a_warning(tmp_path: Path) 
 def _real_row() -> dict[str, Any]:
     import datetime as dt
 
-    from revbench.runner import _row
-    from revbench.suite import Case
+    from revbench.case import Case
+    from revbench.caserun import _row
 
     case = Case("s", "c", 0, {"arch": "baseline"}, {}, {"seed": 0}, {"repeats": 1}, ("x",))
     row = _row(case, 0, run_id="r", host={}, status="ok", error=None, columns={}, wall_time_s=1.0)

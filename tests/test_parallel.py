@@ -23,9 +23,10 @@ import torch
 import torch.multiprocessing as mp
 from gradcheck import rel
 
+from revbench.case import Case
 from revbench.measure import parallel
 from revbench.measure.step import build_train_step
-from revbench.suite import Case, load_suite
+from revbench.suite import load_suite
 
 WORLD = 2
 TOL = 1e-12

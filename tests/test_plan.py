@@ -39,7 +39,7 @@ TINY = {"vocab_size": 61, "d_model": 24, "n_heads": 2, "n_layers": 2, "max_seq_l
 
 def config(arch: str, **over: Any) -> dict[str, Any]:
     kw = {**TINY, "arch": arch, **over}
-    if getattr(ARCHITECTURES.get(arch), "needs_experts", False) or over.get("shared_expert"):
+    if ARCHITECTURES.get(arch).needs_experts or over.get("shared_expert"):
         kw.setdefault("n_experts", 4)
         kw.setdefault("top_k", 2)
     return kw

@@ -190,8 +190,9 @@ def test_a_failing_disk_stops_the_suite_keeping_every_earlier_row(
 
 
 def test_a_value_that_cannot_be_stored_makes_an_error_row_not_a_lost_one(tmp_path: Path) -> None:
+    from revbench.caserun import run_job
     from revbench.executors import Job
-    from revbench.runner import run_job, run_suite
+    from revbench.runner import run_suite
 
     class Overflowing:
         """Runs each job for real, then returns a metric value past int64, as a broken metric
@@ -270,9 +271,22 @@ def test_sigterm_of_the_runner_removes_its_case_folders_and_processes(
         "--quiet",
         env={**os.environ, "TMPDIR": str(scratch)},
     )
+
+    reap.append(runner.pid)  # a failure below must not leave the runner behind
+
+    # the zygotes start before the case does: wait for the case's folder and its process
+    # (a child of a zygote, in a session of its own)
+    def case_started() -> bool:
+        folders = [p for p in scratch.iterdir() if p.name.startswith("revbench-case-")]
+        kids = psutil.Process(runner.pid).children(recursive=True)
+        return bool(folders) and any(os.getsid(k.pid) == k.pid for k in kids)
+
+    deadline = time.monotonic() + 120
+    while not case_started():
+        assert time.monotonic() < deadline and runner.poll() is None
+        time.sleep(0.2)
     pids = descendants_when(runner, 1)
     reap.extend(pids)
-    assert [p.name for p in scratch.iterdir() if p.name.startswith("revbench-case-")]
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=30) == 130
     assert wait_gone(pids) == []

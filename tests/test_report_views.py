@@ -65,10 +65,10 @@ def test_max_batch_and_trials(rows: pd.DataFrame) -> None:
 
 def test_quality_view_picks_up_future_columns(rows: pd.DataFrame) -> None:
     assert views.quality_columns(rows) == []
-    with_acc = rows.assign(eval_accuracy=rows["peak_mem_bytes"].notna().astype(float))
+    with_acc = rows.assign(accuracy=rows["peak_mem_bytes"].notna().astype(float))
     s, names, conv = views.quality(with_acc)
-    assert names == ["eval_accuracy"] and conv is None and len(s)
-    figures.quality(s, "eval_accuracy", "peak_mem_bytes", "peak memory (MiB)")
+    assert names == ["accuracy"] and conv is None and len(s)
+    figures.quality(s, "accuracy", "peak_mem_bytes", "peak memory (MiB)")
     assert "quality" in {sec.key for sec in sections(with_acc)}
 
 

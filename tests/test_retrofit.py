@@ -147,7 +147,9 @@ def test_the_stack_follows_the_recurrence_written_by_hand(name: str) -> None:
 
 def test_settings_apply_only_where_they_exist() -> None:
     # ModelConfig's errors arrive as pydantic's ValidationError (a ValueError)
-    with pytest.raises(ValueError, match="force: pair pairs the blocks of midpoint"):
+    with pytest.raises(
+        ValueError, match="force: pair pairs the blocks of hamiltonian, leapfrog or midpoint"
+    ):
         ModelConfig(**TINY, arch="revnet", force="pair")
     with pytest.raises(ValueError, match="arch 'baseline' has no such choice"):
         ModelConfig(**TINY, readout="mean")

@@ -22,7 +22,7 @@ import torch
 from gradcheck import grad_error, rel
 from torch import nn
 
-from revbench import results, runner
+from revbench import caserun, results
 from revbench.models import ModelConfig, build_model, reconstruction_errors
 from revbench.suite import load_suite
 
@@ -274,7 +274,7 @@ def test_rows_carry_the_coefficients_and_the_readout(tmp_path: Path) -> None:
     path.write_text(SUITE)
     cases = {c.name: c for c in load_suite(path).cases}
     rows = {
-        n: runner._row(
+        n: caserun._row(
             c,
             0,
             run_id="r",

@@ -175,7 +175,7 @@ def budget_checks(device: Any, sizes: Sizes, ctx: Context) -> Iterator[Check]:
     """One trial of the max-batch search (``min_size == max_size``) at three budgets: none (its
     footprint F), ``BUDGET_MARGIN[0] * F`` (must be refused), ``BUDGET_MARGIN[1] * F`` (must be
     accepted); every trial a fresh process started by the runner, as in a real search."""
-    from revbench.runner import run_case
+    from revbench.caserun import run_case
     from revbench.suite import load_suite
 
     t0 = time.perf_counter()
@@ -383,7 +383,7 @@ def _expert_settings(arch: str) -> dict[str, Any]:
     """MoE settings for the architectures built around experts (tiny: 4 experts, top-2)."""
     from revbench.models import ARCHITECTURES
 
-    if getattr(ARCHITECTURES.get(arch), "needs_experts", False) or arch == "revffn":
+    if ARCHITECTURES.get(arch).moe_block:
         return {"n_experts": 4, "top_k": 2}
     return {}
 

@@ -1,7 +1,7 @@
 """Where case runs execute: the executors, and what a case run asks of a cluster.
 
 The runner (``runner.py``) plans the (case, repeat) jobs, and writes every row itself; an
-executor only decides where each job's ``revbench.runner.run_job`` call happens and hands the
+executor only decides where each job's ``revbench.caserun.run_job`` call happens and hands the
 rows back as they finish, in any order:
 
 * ``local`` (default): one job after another, from this process; no server.
@@ -18,61 +18,24 @@ them in.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
 
-from revbench.errors import ConfigError, RevbenchError
+from revbench.errors import ConfigError
+from revbench.executors.base import Executor, Job, Lost, Outcome, missing_extra, one_line
 from revbench.registry import did_you_mean
-from revbench.resources import Resources
-from revbench.suite import Case
+
+__all__ = [
+    "EXECUTOR_NAMES",
+    "Executor",
+    "Job",
+    "Lost",
+    "Outcome",
+    "make_executor",
+    "missing_extra",
+    "one_line",
+]
 
 EXECUTOR_NAMES = ("local", "ray", "slurm")
-
-
-@dataclasses.dataclass(frozen=True)
-class Job:
-    """One run of one case: what a worker receives."""
-
-    case: Case
-    repeat: int
-    run_id: str
-    suite_file: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "case": self.case.to_dict(),
-            "repeat": self.repeat,
-            "run_id": self.run_id,
-            "suite_file": self.suite_file,
-        }
-
-    @property
-    def label(self) -> str:
-        return f"{self.case.name} r{self.repeat}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Lost:
-    """A job whose row never came back: its worker or node died, or it was cancelled."""
-
-    error: str
-
-
-Outcome = dict[str, Any] | Lost
-
-
-class Executor(Protocol):
-    """Runs jobs somewhere and yields ``(job, row or Lost)`` as each one finishes."""
-
-    name: str
-
-    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
-        """Leaving the iterator early (an interrupt) cancels the jobs still in flight."""
-        ...
-
-    def close(self) -> None: ...
 
 
 def make_executor(
@@ -108,16 +71,3 @@ def make_executor(
     from revbench.executors.slurm import SlurmExecutor
 
     return SlurmExecutor(Path(workdir), partition=partition)
-
-
-def missing_extra(package: str, executor: str) -> RevbenchError:
-    return RevbenchError(
-        f"--executor {executor} needs {package}, which is not installed; "
-        f"pip install 'revbench[{executor}]'"
-    )
-
-
-def one_line(exc: BaseException) -> str:
-    """The first non-empty line of an exception's message, prefixed with its type."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

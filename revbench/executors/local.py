@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from revbench.executors import Job, Outcome
+from revbench.executors.base import Job, Outcome
 from revbench.resources import Resources
 
 
@@ -13,7 +13,7 @@ class LocalExecutor:
     name = "local"
 
     def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
-        from revbench.runner import run_job
+        from revbench.caserun import run_job
 
         for job in jobs:
             yield job, run_job(job.to_dict())

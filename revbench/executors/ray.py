@@ -1,7 +1,7 @@
 """Ray executor: one Ray task per job, so a Ray cluster spreads a suite over its nodes.
 
 Each task asks for the job's resources (``Resources.for_case``: CPUs, GPUs, custom resources
-such as a GPU type), runs ``revbench.runner.run_job`` on whichever worker Ray picks, and returns
+such as a GPU type), runs ``revbench.caserun.run_job`` on whichever worker Ray picks, and returns
 the row as plain data; the driver writes it. Without an address a local Ray instance is started
 (dashboard off) and shut down at the end; with one, the driver joins that cluster, whose nodes
 must have revbench installed. A task whose worker dies is retried ``retries`` times, then comes
@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from revbench.errors import RevbenchError
-from revbench.executors import Job, Lost, Outcome, missing_extra, one_line
+from revbench.executors.base import Job, Lost, Outcome, missing_extra, one_line
 from revbench.resources import CPU, GPU, Resources
 
 
@@ -58,7 +58,7 @@ class RayExecutor:
         )
 
     def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
-        from revbench.runner import run_job
+        from revbench.caserun import run_job
 
         ray = self._ray
         gpus_available = ray.cluster_resources().get(GPU, 0) > 0

@@ -3,7 +3,7 @@
 Each job asks for the case's CPUs and GPUs (``Resources.for_case``; on Slurm ``device: auto``
 asks for no GPU unless the suite's ``resources:`` says ``GPU``), a time limit a minute above
 ``measure.timeout_s``, and the suite's custom resources as Slurm constraints
-(``{H100: 1}`` -> ``--constraint=H100``). Its pickled call of ``revbench.runner.run_job`` and
+(``{H100: 1}`` -> ``--constraint=H100``). Its pickled call of ``revbench.caserun.run_job`` and
 logs live under ``<out>/.submitit/``. ``cluster="local"`` runs the same jobs as local processes
 (submitit's LocalExecutor), which is how it is tested without a cluster.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from revbench.errors import RevbenchError
-from revbench.executors import Job, Lost, Outcome, missing_extra, one_line
+from revbench.executors.base import Job, Lost, Outcome, missing_extra, one_line
 from revbench.resources import Resources
 
 _POLL_S = 1.0
@@ -68,7 +68,7 @@ class SlurmExecutor:
         return ex
 
     def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
-        from revbench.runner import run_job
+        from revbench.caserun import run_job
 
         pending: list[tuple[Any, Job]] = []
         try:

@@ -1,1 +1,1 @@
-"""Measurements: each metric is measured in its own child process (see runner.py)."""
+"""Measurements: each metric is measured in its own child process (see caserun.py)."""

@@ -18,40 +18,17 @@ context), i.e. parameters + gradients + optimizer state + activations + transien
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
-from revbench.results import Column
+from revbench.columns import Column
+from revbench.units import parse_bytes
 
 if TYPE_CHECKING:
+    from revbench.case import Case
     from revbench.measure.metrics import Outcome
-    from revbench.suite import Case
-
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
-BYTES_PATTERN = r"^\s*\d+(\.\d+)?\s*([KMGT]i?B|B)?\s*$"
-
-
-def parse_bytes(text: str) -> int:
-    """``"24GiB"`` -> 25769803776; decimal (GB) and binary (GiB) units, case-insensitive."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
-    unit = m.group(2).upper() if m else "?"
-    if not m or unit not in _UNITS:
-        raise ValueError(f"not a memory size: {text!r} (use e.g. 512MiB, 24GiB, 80GB)")
-    return int(float(m.group(1)) * _UNITS[unit])
 
 
 class Trial(NamedTuple):
@@ -207,9 +184,14 @@ COLUMNS = (
         "samples",
         "largest batch that fits the budget (search: batch_size; per rank in a parallel case, "
         "fitting on every rank); null when none fits",
+        better="higher",
     ),
     Column(
-        "max_seq_len", pa.int64(), "tokens", "largest sequence length that fits (search: seq_len)"
+        "max_seq_len",
+        pa.int64(),
+        "tokens",
+        "largest sequence length that fits (search: seq_len)",
+        better="higher",
     ),
     Column(
         "budget_bytes",
@@ -245,8 +227,9 @@ def measure_trial(case: Case) -> dict[str, Any]:
     """Child side: run ``trial_steps`` full steps at the case's size; report the footprint."""
     import torch
 
+    from revbench.measure.device import resolve_device
     from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
-    from revbench.measure.step import build_train_step, resolve_device, warm_runtime
+    from revbench.measure.step import build_train_step, warm_runtime
 
     m = case.measure
     device = resolve_device(case.train["device"])

@@ -13,11 +13,14 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
 import revbench
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _version(dist: str) -> str | None:
@@ -183,3 +186,14 @@ def _text(v: Any) -> str:
 
 if __name__ == "__main__":  # pragma: no cover - manual check
     print(host_info(), file=sys.stdout)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``train.device`` as a torch device: ``auto`` is cuda when torch sees one, else cpu."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; use 'auto'")
+    return torch.device(name)

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from revbench.results import Column
+from revbench.columns import Column
 
 if TYPE_CHECKING:
     import torch
 
+    from revbench.case import Case
     from revbench.measure.step import TrainStep
-    from revbench.suite import Case
 
 COLUMNS = (
     Column(
@@ -42,8 +42,16 @@ COLUMNS = (
         "cosine between all reversible and all autograd gradients (flattened)",
     ),
     Column("grad_cosine_min", pa.float64(), "", "smallest per-parameter gradient cosine"),
-    Column("grad_rel_err", pa.float64(), "", "||g_rev - g_ref|| / ||g_ref|| over all parameters"),
-    Column("grad_rel_err_max", pa.float64(), "", "largest per-parameter relative error"),
+    Column(
+        "grad_rel_err",
+        pa.float64(),
+        "",
+        "||g_rev - g_ref|| / ||g_ref|| over all parameters",
+        better="lower",
+    ),
+    Column(
+        "grad_rel_err_max", pa.float64(), "", "largest per-parameter relative error", better="lower"
+    ),
 )
 
 

@@ -8,6 +8,10 @@ scores), so the count can be checked against it (tests/test_flops.py).
 * model FLOPs: forward + backward, what the maths of the model needs;
 * hardware FLOPs: model FLOPs + the forward recomputed during backward by checkpointed and
   reversible models (one extra forward of every block), what the device really executes.
+
+What an architecture costs is read from its registry entry (``models.config.Arch``): whether it
+recomputes (``reversible``), seeds with an extra block (``euler_start``), holds experts in its
+block (``moe_block``) and adds adapters (``adapters``, ``recompute: revffn``).
 """
 
 from __future__ import annotations
@@ -18,16 +22,9 @@ from typing import Any
 import torch
 
 from revbench.gpus import by_device_name
-from revbench.models import ModelConfig
+from revbench.models import ModelConfig, arch_facts
 
 SDPA_BACKWARD_FACTOR = 2.5
-RECOMPUTING_ARCHS = {
-    "midpoint",
-    "leapfrog",
-    "hamiltonian",
-    "revnet",
-    "revffn",
-}  # revffn: see moe_step_flops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +56,15 @@ def block_forward_flops(cfg: ModelConfig, batch: int, seq: int) -> tuple[int, in
 
 def training_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
     """FLOPs of one training step (forward, backward, recompute) of ``cfg`` at this shape."""
-    if cfg.arch in ("moe", "revffn"):
+    facts = arch_facts(cfg.arch)
+    if facts.moe_block:
         return moe_step_flops(cfg, batch, seq)
     mm, scores, down = block_forward_flops(cfg, batch, seq)
-    blocks = cfg.n_layers + (
-        1 if cfg.arch in {"midpoint", "leapfrog"} and cfg.init_state == "euler" else 0
-    )
+    blocks = cfg.n_layers + (1 if facts.euler_start and cfg.init_state == "euler" else 0)
     head = 2 * batch * seq * cfg.d_model * cfg.vocab_size
     forward = blocks * (mm + scores) + head
     backward = blocks * (2 * mm + int(SDPA_BACKWARD_FACTOR * scores)) + 2 * head
-    if cfg.arch in RECOMPUTING_ARCHS:
+    if facts.reversible:
         recompute = blocks * (mm + scores)
     elif cfg.checkpointing:
         # Non-reentrant checkpointing stops recomputing once every tensor the backward needs is
@@ -100,16 +96,17 @@ def moe_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
 
     ``moe`` checkpointing recomputes the whole block: the expert outputs are saved by their
     weighting and the load-balancing loss comes last, so nothing is skipped at the end.
-    ``revffn`` adds the adapters (five d x d/2 matrices per layer) and recomputes both branches
-    once; with ``revffn_query: x1`` the fixed-point inverse adds ``revffn_fp_iters`` attention
-    branch evaluations per layer: all of them, so with ``revffn_fp_tol > 0`` (early stop) this
-    is an upper bound.
+    ``revffn`` (``adapters``) adds the adapters (five d x d/2 matrices per layer) and recomputes
+    both branches once; with ``revffn_query: x1`` the fixed-point inverse adds
+    ``revffn_fp_iters`` attention branch evaluations per layer: all of them, so with
+    ``revffn_fp_tol > 0`` (early stop) this is an upper bound.
     """
     tokens, d = batch * seq, cfg.d_model
     attn_mm, scores, _ = block_forward_flops(cfg, batch, seq)
     ffn = ffn_forward_flops(cfg, tokens)
     attn_mm -= 2 * tokens * d * cfg.d_ff * (2 if cfg.block == "gpt2" else 3)  # attention only
-    if cfg.arch == "revffn":
+    facts = arch_facts(cfg.arch)
+    if facts.adapters:
         attn_mm += 3 * 2 * tokens * (d // 2) * d  # U1, U2 and P1
         ffn += 2 * 2 * tokens * (d // 2) * d  # U3 and P2
     mm = attn_mm + ffn
@@ -117,8 +114,10 @@ def moe_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
     forward = cfg.n_layers * (mm + scores) + head
     backward = cfg.n_layers * (2 * mm + int(SDPA_BACKWARD_FACTOR * scores)) + 2 * head
     recompute = 0
-    if cfg.arch == "revffn":
-        fixed_point = cfg.revffn_fp_iters if cfg.revffn_query == "x1" else 0
+    if facts.reversible:
+        fixed_point = (
+            cfg.revffn_fp_iters if facts.recompute == "revffn" and cfg.revffn_query == "x1" else 0
+        )
         recompute = cfg.n_layers * (mm + scores + fixed_point * (attn_mm + scores))
     elif cfg.checkpointing:
         recompute = cfg.n_layers * (mm + scores)

@@ -1,6 +1,6 @@
 """The metric registry: what each metric measures, the columns it fills, how its process starts.
 
-A metric runs in its own child process (the runner decides that; see runner.py), because memory
+A metric runs in its own child process (the runner decides that; see caserun.py), because memory
 and time must not be measured in one process: on CPU the memory process forces large
 allocations onto mmap so freed tensors leave the high-water mark (docs/measurement.md), which
 slows the step by ~50% and would spoil a timing.
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from revbench.columns import Column
 from revbench.measure import batch, drift, peak
 from revbench.measure.ranks import WORLD_SIZE, combine_ranks
 from revbench.registry import Registry
-from revbench.results import Column
 
 if TYPE_CHECKING:
-    from revbench.suite import Case
+    from revbench.case import Case
 
 # glibc returns allocations >= 64 KiB to the OS on free, so VmHWM tracks live tensor memory.
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -73,7 +73,13 @@ METRICS.add(
 # --- throughput ----------------------------------------------------------------------------
 
 _TIME_COLUMNS = (
-    Column("step_time_s_median", pa.float64(), "s", "median time of a full training step"),
+    Column(
+        "step_time_s_median",
+        pa.float64(),
+        "s",
+        "median time of a full training step",
+        better="lower",
+    ),
     Column("step_time_s_p10", pa.float64(), "s", "10th percentile step time"),
     Column("step_time_s_p90", pa.float64(), "s", "90th percentile step time"),
     Column(
@@ -82,12 +88,14 @@ _TIME_COLUMNS = (
         "tokens/s",
         "tokens of one step (all ranks together) / median step time (parallel cases: the "
         "slowest rank's, as every step time column)",
+        better="higher",
     ),
     Column(
         "samples_per_s",
         pa.float64(),
         "samples/s",
         "sequences of one step (all ranks together) / median step time",
+        better="higher",
     ),
     Column("timed_steps", pa.int32(), "", "number of timed steps after warmup"),
     Column(
@@ -102,7 +110,13 @@ _TIME_COLUMNS = (
         "FLOP",
         "model FLOPs + the forward recomputed by checkpointed/reversible models",
     ),
-    Column("model_tflops_per_s", pa.float64(), "TFLOP/s", "model FLOPs / median step time"),
+    Column(
+        "model_tflops_per_s",
+        pa.float64(),
+        "TFLOP/s",
+        "model FLOPs / median step time",
+        better="higher",
+    ),
     Column(
         "peak_tflops",
         pa.float64(),
@@ -114,8 +128,9 @@ _TIME_COLUMNS = (
         pa.float64(),
         "",
         "model FLOP utilisation (model FLOPs/s over peak, times world_size in parallel cases)",
+        better="higher",
     ),
-    Column("hfu", pa.float64(), "", "hardware FLOP utilisation (with recompute)"),
+    Column("hfu", pa.float64(), "", "hardware FLOP utilisation (with recompute)", better="higher"),
     WORLD_SIZE,
 )
 
@@ -218,18 +233,21 @@ _AT_MAX_COLUMNS = (
         pa.float64(),
         "s",
         "median step time at the model's own max batch size",
+        better="lower",
     ),
     Column(
         "max_batch_tokens_per_s",
         pa.float64(),
         "tokens/s",
         "throughput at the model's own max batch size (the papers' comparison)",
+        better="higher",
     ),
     Column(
         "max_batch_samples_per_s",
         pa.float64(),
         "samples/s",
         "samples/s at the model's own max batch size",
+        better="higher",
     ),
 )
 

@@ -92,7 +92,7 @@ import torch
 from revbench.errors import ConfigError
 
 if TYPE_CHECKING:
-    from revbench.suite import Case
+    from revbench.case import Case
 
 # A rank that dies stops its peers through torchrun (child.py exits non-zero on failure); this
 # timeout is the backstop for a rank that hangs, so the others give up well before the default
@@ -130,7 +130,7 @@ def init(case: Case) -> Ranks:
     ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``); selects this rank's GPU on CUDA."""
     import torch.distributed as dist
 
-    from revbench.measure.step import resolve_device
+    from revbench.measure.device import resolve_device
 
     if not dist.is_available():
         raise ConfigError(f"parallel: {case.train['parallel']} needs torch.distributed")

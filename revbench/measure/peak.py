@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from revbench.columns import Column
 from revbench.measure.ranks import WORLD_SIZE, combine_ranks
-from revbench.results import Column
 
 if TYPE_CHECKING:
-    from revbench.suite import Case
+    from revbench.case import Case
 
 COLUMNS = (
     Column(
@@ -27,6 +27,7 @@ COLUMNS = (
         "bytes",
         "CPU: process high-water mark (VmHWM) over the measured steps; "
         "CUDA: torch.cuda.max_memory_allocated",
+        better="lower",
     ),
     Column(
         "peak_mem_delta_bytes",
@@ -34,6 +35,7 @@ COLUMNS = (
         "bytes",
         "peak minus runtime_mem_bytes: what training the model takes (parameters, gradients, "
         "optimizer state, activations, transients); comparable across CPU and CUDA",
+        better="lower",
     ),
     Column(
         "runtime_mem_bytes",
@@ -63,6 +65,7 @@ COLUMNS = (
         "bytes",
         "tensors saved for backward in one step (storages de-duplicated, parameters "
         "excluded, custom autograd Functions included)",
+        better="lower",
     ),
     Column(
         "backward_transient_bytes",
@@ -132,10 +135,10 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     import torch
 
     from revbench.measure import parallel
-    from revbench.measure.device import nvml_process_memory
+    from revbench.measure.device import nvml_process_memory, resolve_device
     from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
     from revbench.measure.stack import reversible_memory
-    from revbench.measure.step import build_train_step, resolve_device, warm_runtime
+    from revbench.measure.step import build_train_step, warm_runtime
 
     cuda = resolve_device(case.train["device"]).type == "cuda"
     if not cuda:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from revbench.results import Column
+from revbench.columns import Column
 
 
 def combine_ranks(

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from revbench.measure import parallel
+from revbench.measure.device import resolve_device
 from revbench.models import ModelConfig, build_model
 
 if TYPE_CHECKING:
-    from revbench.suite import Case
+    from revbench.case import Case
 
 _DTYPES = {
     "float32": torch.float32,
@@ -25,14 +26,6 @@ _DTYPES = {
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but torch sees no CUDA device; use 'auto'")
-    return torch.device(name)
 
 
 def tensor_bytes(tensors: object) -> int:

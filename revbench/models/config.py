@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -18,31 +19,99 @@ from pydantic.dataclasses import dataclass
 from revbench.errors import ConfigError
 from revbench.registry import Registry
 
-# name -> builder ``(ModelConfig) -> nn.Module``; filled by the architecture modules.
-ARCHITECTURES: Registry[Any] = Registry("architecture")
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """An architecture's registry entry: its builder and every fact about it that code outside
+    its module needs. Validation (``ModelConfig``), FLOPs (``measure/flops.py``), the memory
+    planner, loading and conversion read these instead of testing the architecture's name, so
+    a new scheme registered with its facts is validated, counted and tested (the contract tests
+    run over the registry) without touching other files."""
+
+    build: Callable[[ModelConfig], Any]
+    """``(ModelConfig) -> nn.Module``: a freshly initialised model."""
+    reversible: bool = False
+    """Rebuilds its hidden states in the backward instead of keeping them (rejects
+    checkpointing; its backward recomputes every block's forward once)."""
+    readout: str | None = None
+    """Reversible: what the LM head reads from the final state by default (``last`` slot,
+    ``mean`` of the two slots, ``concat`` of halves; revbench's choice)."""
+    recompute: str | None = None
+    """Reversible: what one backward step recomputes (the whole ``block``, one of its
+    ``branches``, or ``revffn``'s adapted branches and fixed-point iterations)."""
+    euler_start: bool = False
+    """With ``init_state: euler``, one extra block evaluation seeds the second state."""
+    moe_block: bool = False
+    """Its blocks' FFN is the mixture-of-experts module (a dense MLP when ``n_experts: 0``)."""
+    needs_experts: bool = False
+    """Only meaningful with routed experts: ``n_experts`` must be >= 1."""
+    adapters: bool = False
+    """Adds new parameters (adapters) around a pretrained layer's: conversion may train only
+    them (``trainable: adapters``), and a checkpoint without them is a residual model's."""
+    split_state: bool = False
+    """Splits the hidden state in halves: ``d_model`` must be even."""
+    settings: frozenset[str] = frozenset()
+    """Its own ``ModelConfig`` settings among those only some architectures have
+    (``SCHEME_SETTINGS``); the others must stay at their defaults."""
+    teacher: bool = False
+    """A pretrained checkpoint of it can be converted (distilled) into a reversible one."""
+    exact_with: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Reversible: settings under which its inverse is exact in exact arithmetic (RevFFN's
+    default cross-branch queries rebuild X1 by fixed-point iteration; ``revffn_query: x2`` is
+    exact); the contract tests check exactness under them."""
+
+
+# name -> Arch; filled by the architecture modules (importing revbench.models).
+ARCHITECTURES: Registry[Arch] = Registry("architecture")
+
+SCHEME_SETTINGS = ("a_layers", "a_draw", "ham_a", "ham_b", "ham_carry", "force", "readout")
+"""Settings that belong to some architectures only (``Arch.settings``)."""
+
+
+def register_arch(name: str, description: str, **facts: Any) -> Callable[[Any], Any]:
+    """Decorator: register ``build`` under ``name`` with its facts (``Arch``'s fields)."""
+
+    def deco(build: Callable[[ModelConfig], Any]) -> Callable[[ModelConfig], Any]:
+        unknown = set(facts.get("settings", ())) - set(SCHEME_SETTINGS)
+        if unknown:
+            raise ValueError(f"arch '{name}': unknown scheme settings {sorted(unknown)}")
+        facts["settings"] = frozenset(facts.get("settings", ()))
+        ARCHITECTURES.add(name, Arch(build, **facts), description)
+        return build
+
+    return deco
+
+
+def arch_facts(arch: str) -> Arch:
+    """The registry entry of ``arch`` (raises ConfigError naming the known ones)."""
+    return ARCHITECTURES.get(arch)
+
+
+def archs_with(setting: str) -> list[str]:
+    """The registered architectures that have ``setting`` (``Arch.settings``)."""
+    return [e.name for e in ARCHITECTURES.entries() if setting in e.obj.settings]
+
+
+def _listed(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def is_reversible(arch: str) -> bool:
-    """Whether ``arch`` is registered as reversible (its builder carries ``reversible``)."""
-    return arch in ARCHITECTURES and getattr(ARCHITECTURES.get(arch), "reversible", False)
+    """Whether ``arch`` is registered as reversible."""
+    return arch in ARCHITECTURES and ARCHITECTURES.get(arch).reversible
 
 
 def scheme_readout(arch: str, readout: str = "auto") -> str | None:
     """What the LM head reads from a reversible ``arch``'s final state: the model's ``readout``
-    setting, or with ``auto`` its builder's ``readout`` fact (``last`` slot, ``mean`` of the two
-    slots, ``concat`` of halves; revbench's choice); None for a residual architecture or an
-    unknown name."""
+    setting, or with ``auto`` its registry entry's ``readout`` fact (``last`` slot, ``mean`` of
+    the two slots, ``concat`` of halves; revbench's choice); None for a residual architecture or
+    an unknown name."""
     if not is_reversible(arch):
         return None
-    return readout if readout != "auto" else getattr(ARCHITECTURES.get(arch), "readout", None)
+    return readout if readout != "auto" else ARCHITECTURES.get(arch).readout
 
 
 PosInt = Annotated[int, Field(ge=1)]
-
-FORCE_ARCHS = ("midpoint", "leapfrog", "hamiltonian")
-"""Architectures whose steps may apply a retrofit force (``ModelConfig.force``)."""
-READOUT_ARCHS = ("midpoint", "leapfrog", "hamiltonian", "revnet")
-"""Two-slot reversible architectures whose readout may be chosen (``ModelConfig.readout``)."""
 
 
 @dataclass(config=ConfigDict(extra="forbid", strict=True))
@@ -181,7 +250,7 @@ class ModelConfig:
                 f"block 'llama' needs an even head size for rotary embeddings; "
                 f"d_model/n_heads = {self.d_model // self.n_heads}"
             )
-        builder = ARCHITECTURES.get(self.arch) if self.arch in ARCHITECTURES else None
+        facts = ARCHITECTURES.get(self.arch) if self.arch in ARCHITECTURES else None
         if self.checkpointing and is_reversible(self.arch):
             raise ValueError(
                 f"checkpointing applies to residual models; arch '{self.arch}' is reversible and "
@@ -198,15 +267,16 @@ class ModelConfig:
             else:
                 self.d_ff = -(-(8 * self.d_model // 3) // 8) * 8
         # mixture of experts and RevFFN
-        if getattr(builder, "needs_experts", False) and not self.n_experts:
+        if facts is not None and facts.needs_experts and not self.n_experts:
             raise ValueError(f"arch '{self.arch}' needs n_experts >= 1 (n_experts: 0 is dense)")
         if self.d_ff_shared and not self.shared_expert:
             raise ValueError("d_ff_shared sets the shared expert's width; set shared_expert: true")
         if self.n_experts and self.top_k > self.n_experts:
             raise ValueError(f"top_k ({self.top_k}) must not exceed n_experts ({self.n_experts})")
-        if self.arch == "revffn" and self.d_model % 2:
+        if facts is not None and facts.split_state and self.d_model % 2:
             raise ValueError(
-                f"revffn splits the hidden state in halves; d_model ({self.d_model}) must be even"
+                f"{self.arch} splits the hidden state in halves; d_model ({self.d_model}) must "
+                "be even"
             )
 
     def _check_scheme_coefficients(self) -> None:
@@ -230,10 +300,11 @@ class ModelConfig:
             raise ConfigError(f"{which} parameterises a_draw; set a_draw (pm1_uniform, ...)")
         if per_layer and self.a is not None:
             raise ConfigError(f"a and {per_layer} both set midpoint's a; set one of them")
-        if per_layer and self.arch != "midpoint" and self.arch in ARCHITECTURES:
+        if per_layer and not self._has(per_layer):
             raise ConfigError(
                 f"{per_layer} sets the generalised midpoint's a per layer; arch is "
-                f"'{self.arch}' (use arch: midpoint, or unset {per_layer})"
+                f"'{self.arch}' (use arch: {_listed(archs_with(per_layer))}, or unset "
+                f"{per_layer})"
             )
         if self.a_layers is not None:
             if len(self.a_layers) != self.n_layers:
@@ -256,30 +327,35 @@ class ModelConfig:
                     f"{name} is {value}: it must be non-zero and finite (the Hamiltonian "
                     f"inverse divides by it); 1 is the default"
                 )
-            if value != 1 and self.arch != "hamiltonian" and self.arch in ARCHITECTURES:
+            if value != 1 and not self._has(name):
+                owners = _listed(archs_with(name))
                 raise ConfigError(
-                    f"{name} is a coefficient of arch hamiltonian; arch is '{self.arch}' "
-                    f"(use arch: hamiltonian, or leave {name} at 1)"
+                    f"{name} is a coefficient of arch {owners}; arch is '{self.arch}' "
+                    f"(use arch: {owners}, or leave {name} at 1)"
                 )
 
     def _check_retrofit_settings(self) -> None:
         """force, readout and ham_carry: only where the architecture has them."""
-        known = self.arch in ARCHITECTURES
-        if self.force != "block" and known and self.arch not in FORCE_ARCHS:
+        if self.force != "block" and not self._has("force"):
             raise ConfigError(
-                f"force: {self.force} pairs the blocks of midpoint, leapfrog or hamiltonian; "
+                f"force: {self.force} pairs the blocks of {_listed(archs_with('force'))}; "
                 f"arch is '{self.arch}' (leave force at block)"
             )
-        if self.readout != "auto" and known and self.arch not in READOUT_ARCHS:
+        if self.readout != "auto" and not self._has("readout"):
             raise ConfigError(
                 f"readout: {self.readout} chooses between a two-slot reversible stack's slots; "
                 f"arch '{self.arch}' has no such choice (leave readout at auto)"
             )
-        if self.ham_carry and known and self.arch != "hamiltonian":
+        if self.ham_carry and not self._has("ham_carry"):
+            owners = _listed(archs_with("ham_carry"))
             raise ConfigError(
-                f"ham_carry is a setting of arch hamiltonian; arch is '{self.arch}' "
-                "(use arch: hamiltonian, or leave ham_carry false)"
+                f"ham_carry is a setting of arch {owners}; arch is '{self.arch}' "
+                f"(use arch: {owners}, or leave ham_carry false)"
             )
+
+    def _has(self, setting: str) -> bool:
+        """Whether this config's arch has ``setting`` (an unknown arch: not judged here)."""
+        return self.arch not in ARCHITECTURES or setting in ARCHITECTURES.get(self.arch).settings
 
     def midpoint_coefficients(self) -> list[float | None]:
         """The generalised midpoint's a of each layer, first layer first (None: the plain

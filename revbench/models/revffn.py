@@ -265,6 +265,10 @@ class RevFFNLM(ReversibleLM):
     "Y1 = X1 + P1(Attn(U1 X1, U2 X2)); Y2 = X2 + P2(MoE(U3 Y1)) (Liu et al.)",
     readout="concat",
     recompute="revffn",
+    moe_block=True,
+    adapters=True,
+    split_state=True,
+    exact_with={"revffn_query": "x2"},
 )
 def build_revffn(cfg: ModelConfig) -> RevFFNLM:
     return RevFFNLM(cfg)

@@ -82,12 +82,12 @@ class Dims:
         setting, or the registry's fact)."""
         if self.cfg.readout != "auto":
             return self.cfg.readout
-        return getattr(ARCHITECTURES.get(self.cfg.arch), "readout", "last")
+        return ARCHITECTURES.get(self.cfg.arch).readout or "last"
 
     @property
     def recompute(self) -> str:
         """What one backward step of a reversible model recomputes (the registry's fact)."""
-        return getattr(ARCHITECTURES.get(self.cfg.arch), "recompute", "block")
+        return ARCHITECTURES.get(self.cfg.arch).recompute or "block"
 
     @property
     def attention_output_copied(self) -> bool:

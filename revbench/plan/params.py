@@ -7,7 +7,7 @@ test checks it against ``model.parameters()`` for every architecture and block s
 
 from __future__ import annotations
 
-from revbench.models.config import ModelConfig
+from revbench.models.config import ModelConfig, arch_facts
 from revbench.plan.dims import Dims
 
 
@@ -48,7 +48,7 @@ def block_shapes(cfg: ModelConfig) -> list[int]:
     """Element count of each parameter tensor of one block."""
     d = cfg.d_model
     block = _norm(cfg, d) + _attention(cfg) + _norm(cfg, d) + _ffn(cfg)
-    if cfg.arch == "revffn":  # U1, U2, P1, U3, P2: between half and full width
+    if arch_facts(cfg.arch).adapters:  # RevFFN's U1, U2, P1, U3, P2: half to full width
         block += [d // 2 * d] * 5
     return block
 

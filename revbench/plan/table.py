@@ -27,7 +27,7 @@ class Target:
 def targets(gpus: str | None, memory: str | None, device: str | None) -> list[Target]:
     """The ``--gpu`` names (comma-separated; ``all`` for the whole table) and ``--memory``
     size; one-line errors naming the known GPUs or the expected form."""
-    from revbench.measure.batch import parse_bytes
+    from revbench.units import parse_bytes
 
     out: list[Target] = []
     for name in filter(None, (n.strip() for n in (gpus or "").split(","))):

@@ -6,11 +6,7 @@
 
 from __future__ import annotations
 
-from revbench.registry import Registry
-
-TASKS: Registry[type] = Registry("task")
-
-from revbench.tasks import classify, lm, synthetic  # noqa: E402, F401  (register the tasks)
-from revbench.tasks.base import Task, TaskContext, TaskResult, build_task  # noqa: E402
+from revbench.tasks import classify, lm, synthetic  # noqa: F401  (register the tasks)
+from revbench.tasks.base import TASKS, Task, TaskContext, TaskResult, build_task
 
 __all__ = ["TASKS", "Task", "TaskContext", "TaskResult", "build_task"]

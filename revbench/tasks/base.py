@@ -73,10 +73,8 @@ class Task:
         raise NotImplementedError
 
 
-def _registry() -> Registry[type[Task]]:
-    from revbench.tasks import TASKS
-
-    return TASKS
+TASKS: Registry[type[Task]] = Registry("task")
+"""Every task by name (``revbench list``); ``revbench.tasks`` imports the modules that fill it."""
 
 
 def register(name: str, description: str) -> Callable[[type[Task]], type[Task]]:
@@ -86,7 +84,7 @@ def register(name: str, description: str) -> Callable[[type[Task]], type[Task]]:
         if not (isinstance(cls, type) and issubclass(cls, Task)):
             raise TypeError(f"task '{name}' must subclass revbench.tasks.base.Task")
         cls.name = name
-        _registry().add(name, cls, description)
+        TASKS.add(name, cls, description)
         return cls
 
     return deco
@@ -95,7 +93,7 @@ def register(name: str, description: str) -> Callable[[type[Task]], type[Task]]:
 def build_task(name: str, **config: Any) -> Task:
     """The task ``name`` with its config validated; unknown keys or bad values raise
     ``ConfigError`` naming the task and the field."""
-    cls = _registry().get(name)
+    cls = TASKS.get(name)
     try:
         return cls(cls.Config(**config))
     except ValidationError as e:

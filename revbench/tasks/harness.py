@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from revbench.columns import Column
 from revbench.errors import ConfigError
 from revbench.registry import did_you_mean
-from revbench.results import Column
 
 if TYPE_CHECKING:
-    from revbench.suite import Case
+    from revbench.case import Case
 
 COLUMNS = (
     Column("lm_eval_task", pa.string(), "", "lm_eval: the lm-evaluation-harness task run"),
@@ -146,7 +146,7 @@ def measure_lm_eval(case: Case) -> dict[str, Any]:
     conversion's columns when the case converts a checkpoint)."""
     import torch
 
-    from revbench.measure.step import resolve_device
+    from revbench.measure.device import resolve_device
     from revbench.tasks.lm_eval import harness_model
     from revbench.tasks.metric import case_model
     from revbench.tasks.text import get_tokenizer

@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from revbench.columns import Column
 from revbench.errors import ConfigError
-from revbench.results import Column
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from revbench.suite import Case
+    from revbench.case import Case
     from revbench.tasks.text import Tokenizer
 
 COLUMNS = (
@@ -29,13 +29,61 @@ COLUMNS = (
     Column(
         "train_loss_final", pa.float64(), "nats", "accuracy: mean loss of the last 10 train steps"
     ),
-    Column("accuracy", pa.float64(), "fraction", "held-out accuracy (classify, recall, copy)"),
-    Column("accuracy_ci_low", pa.float64(), "fraction", "95% Wilson interval, lower end"),
-    Column("accuracy_ci_high", pa.float64(), "fraction", "95% Wilson interval, upper end"),
-    Column("perplexity", pa.float64(), "", "held-out perplexity, exp(mean loss) (lm)"),
-    Column("perplexity_ci_low", pa.float64(), "", "95% bootstrap interval over windows, lower"),
-    Column("perplexity_ci_high", pa.float64(), "", "95% bootstrap interval over windows, upper"),
-    Column("heldout_loss_nats", pa.float64(), "nats", "held-out mean next-token loss (lm)"),
+    Column(
+        "accuracy",
+        pa.float64(),
+        "fraction",
+        "held-out accuracy (classify, recall, copy)",
+        better="higher",
+        quality=True,
+    ),
+    Column(
+        "accuracy_ci_low",
+        pa.float64(),
+        "fraction",
+        "95% Wilson interval, lower end",
+        better="higher",
+        quality=True,
+    ),
+    Column(
+        "accuracy_ci_high",
+        pa.float64(),
+        "fraction",
+        "95% Wilson interval, upper end",
+        better="higher",
+        quality=True,
+    ),
+    Column(
+        "perplexity",
+        pa.float64(),
+        "",
+        "held-out perplexity, exp(mean loss) (lm)",
+        better="lower",
+        quality=True,
+    ),
+    Column(
+        "perplexity_ci_low",
+        pa.float64(),
+        "",
+        "95% bootstrap interval over windows, lower",
+        better="lower",
+        quality=True,
+    ),
+    Column(
+        "perplexity_ci_high",
+        pa.float64(),
+        "",
+        "95% bootstrap interval over windows, upper",
+        better="lower",
+        quality=True,
+    ),
+    Column(
+        "heldout_loss_nats",
+        pa.float64(),
+        "nats",
+        "held-out mean next-token loss (lm)",
+        better="lower",
+    ),
     Column("n_eval", pa.int64(), "examples", "held-out examples (tokens for synthetic tasks)"),
     Column(
         "majority_class_frac",
@@ -44,11 +92,44 @@ COLUMNS = (
         "accuracy of always guessing the majority class (chance for synthetic tasks)",
     ),
     Column("conversion_steps", pa.int64(), "steps", "distillation steps before the task"),
-    Column("kl_before_nats", pa.float64(), "nats", "KL(original || converted) before distilling"),
-    Column("kl_after_nats", pa.float64(), "nats", "KL(original || converted) after distilling"),
-    Column("original_perplexity", pa.float64(), "", "conversion corpus: the original's"),
-    Column("perplexity_before_conversion", pa.float64(), "", "conversion corpus, before"),
-    Column("perplexity_after_conversion", pa.float64(), "", "conversion corpus, after"),
+    Column(
+        "kl_before_nats",
+        pa.float64(),
+        "nats",
+        "KL(original || converted) before distilling",
+        better="lower",
+    ),
+    Column(
+        "kl_after_nats",
+        pa.float64(),
+        "nats",
+        "KL(original || converted) after distilling",
+        better="lower",
+    ),
+    Column(
+        "original_perplexity",
+        pa.float64(),
+        "",
+        "conversion corpus: the original's",
+        better="lower",
+        quality=True,
+    ),
+    Column(
+        "perplexity_before_conversion",
+        pa.float64(),
+        "",
+        "conversion corpus, before",
+        better="lower",
+        quality=True,
+    ),
+    Column(
+        "perplexity_after_conversion",
+        pa.float64(),
+        "",
+        "conversion corpus, after",
+        better="lower",
+        quality=True,
+    ),
 )
 
 
@@ -111,7 +192,7 @@ def case_model(case: Case, tokenizer: Tokenizer | None) -> tuple[nn.Module, dict
 def measure_accuracy(case: Case) -> dict[str, Any]:
     import torch
 
-    from revbench.measure.step import resolve_device
+    from revbench.measure.device import resolve_device
     from revbench.tasks import TaskContext, build_task
     from revbench.tasks.text import get_tokenizer
 
