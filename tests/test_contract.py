@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from revbench.measure.flops import register_cpu_attention_formulas, training_step_flops
 from revbench.measure.memory import SavedTensors
-from revbench.models import ARCHITECTURES, ModelConfig, arch_facts, build_model
+from revbench.models import ARCHITECTURES, ModelConfig, arch_facts, build_model, reversible
 from revbench.models.reversible import reconstruction_errors
 
 SHAPE = {"vocab_size": 48, "d_model": 16, "n_heads": 2, "max_seq_len": 24}
@@ -106,3 +106,39 @@ def test_analytic_flops_equal_the_flop_counter(arch: str) -> None:
     assert fwd == want.forward
     assert bwd == want.backward + want.recompute
     assert (want.recompute > 0) == arch_facts(arch).reversible
+
+
+# bf16 autocast (CPU, tiny models, 1/3/6 layers x 3 seeds): the reversible backward's gradients
+# differ from ordinary autograd's by at most 5.2e-7 (leapfrog; 2.6e-8 to 1.0e-7 for the
+# others): the stream stays float32 and the recompute re-enters the forward's autocast, so it
+# rebuilds the same bf16 branch values. A recompute that ignores autocast (float32 branches
+# against the forward's bf16 ones) is off by 4.3e-3 to 1.5e-2. The bound sits between.
+BF16_BOUND = 1e-5
+
+
+def bf16_grad_error(arch: str, n_layers: int = 3) -> float:
+    model = model_of(arch, torch.float32, n_layers=n_layers)
+    grads = {}
+    for rev in (True, False):
+        model.reversible_backprop = rev
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(ids(), labels=ids())
+        assert out.loss.dtype == torch.float32
+        (out.loss if out.aux_loss is None else out.loss + out.aux_loss).backward()
+        grads[rev] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return max(rel(grads[True][n], grads[False][n]) for n in grads[False])
+
+
+@pytest.mark.parametrize("arch", REVERSIBLE)
+def test_bf16_autocast_gradients_track_ordinary_autograd(arch: str) -> None:
+    assert bf16_grad_error(arch) < BF16_BOUND
+
+
+def test_a_recompute_that_ignores_autocast_fails_the_bf16_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        reversible, "_autocast_state", lambda device: {"device_type": device, "enabled": False}
+    )
+    assert bf16_grad_error("midpoint") > 100 * BF16_BOUND

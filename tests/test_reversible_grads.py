@@ -248,4 +248,4 @@ def test_autocast_bf16_runs_and_tracks_plain_path() -> None:
         out.loss.backward()
         grads[reversible] = {n: p.grad.clone() for n, p in model.named_parameters()}
     errs = [rel(grads[True][n], grads[False][n]) for n in grads[False]]
-    assert max(errs) < 0.05, max(errs)
+    assert max(errs) < 1e-5, max(errs)  # measured <= 1e-7 (test_contract.py: BF16_BOUND)
