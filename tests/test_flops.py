@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 import torch
+from tinymodels import token_batch
 from torch.utils.flop_counter import FlopCounterMode
 
 from revbench.measure.flops import (
@@ -26,7 +27,7 @@ def tiny(**overrides: object) -> ModelConfig:
 def counted(model: torch.nn.Module) -> tuple[int, int]:
     """(forward, backward) FLOPs FlopCounterMode counts for one step on a 2 x 24 batch."""
     register_cpu_attention_formulas()
-    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    ids = token_batch(96, 2, 24, seed=0)
     with FlopCounterMode(display=False) as fwd:
         out = model(ids, labels=ids)
     loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gradcheck import rel
+from tinymodels import token_batch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from revbench.models import ARCHITECTURES, ModelConfig, build_model
@@ -38,10 +39,6 @@ def run(cfg: ModelConfig, ids: torch.Tensor, **kwargs: torch.Tensor) -> tuple[fl
     return float(loss.detach()), grads
 
 
-def batch(B: int = 3, T: int = 11) -> torch.Tensor:
-    return torch.randint(TINY["vocab_size"], (B, T), generator=torch.Generator().manual_seed(1))
-
-
 CASES = [(a, tie) for a in ARCHITECTURES.names() for tie in (True, False)]
 
 
@@ -49,7 +46,7 @@ CASES = [(a, tie) for a in ARCHITECTURES.names() for tie in (True, False)]
 def test_chunked_head_equals_full_head_float64(arch: str, tie: bool) -> None:
     full = config(arch, tie_embeddings=tie)
     chunked = dataclasses.replace(full, head_chunk_tokens=7)  # 33 tokens: 4 full chunks + 5
-    ids = batch()
+    ids = token_batch(TINY["vocab_size"], 3, 11)
     loss_f, grads_f = run(full, ids, labels=ids)
     loss_c, grads_c = run(chunked, ids, labels=ids)
     assert abs(loss_c - loss_f) <= 1e-12 * abs(loss_f)
@@ -59,10 +56,8 @@ def test_chunked_head_equals_full_head_float64(arch: str, tie: bool) -> None:
 
 
 def test_per_position_targets_with_ignored_positions() -> None:
-    ids = batch()
-    targets = torch.randint(
-        TINY["vocab_size"], ids.shape, generator=torch.Generator().manual_seed(2)
-    )
+    ids = token_batch(TINY["vocab_size"], 3, 11)
+    targets = token_batch(TINY["vocab_size"], *ids.shape, seed=2)
     targets[:, ::3] = -100  # unscored positions, as the synthetic tasks have
     full = config("midpoint")
     loss_f, grads_f = run(full, ids, targets=targets)
@@ -74,7 +69,7 @@ def test_per_position_targets_with_ignored_positions() -> None:
 
 def test_no_logits_when_the_head_is_chunked_and_full_logits_without_a_loss() -> None:
     model = build_model(config("baseline", head_chunk_tokens=4))
-    ids = batch()
+    ids = token_batch(TINY["vocab_size"], 3, 11)
     out = model(ids, labels=ids)
     assert out.logits is None and out.loss is not None
     with torch.no_grad():
@@ -112,7 +107,7 @@ def test_chunked_head_never_makes_a_tokens_by_vocab_tensor(chunk: int) -> None:
 
 
 def test_chunked_bf16_autocast_tracks_the_full_head() -> None:
-    ids = batch()
+    ids = token_batch(TINY["vocab_size"], 3, 11)
     grads = {}
     for chunk in (0, 6):
         torch.manual_seed(0)
@@ -151,6 +146,6 @@ def test_distill_kl_kernel_equals_kl_div() -> None:
 
 def test_liger_head_is_a_clear_error_without_its_kernel_on_cpu() -> None:
     model = build_model(config("baseline", head_impl="liger"))
-    ids = batch()
+    ids = token_batch(TINY["vocab_size"], 3, 11)
     with pytest.raises(RuntimeError, match="liger"):
         model(ids, labels=ids)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from tinymodels import TINY as DENSE
+from tinymodels import make_model, token_batch
 
 from revbench.models import ModelConfig, build_model
 from revbench.models.moe import MoE
 
-TINY = {"vocab_size": 32, "d_model": 16, "n_heads": 2, "max_seq_len": 16, "n_experts": 4}
+TINY = {**DENSE, "n_experts": 4}
 
 
 def naive_moe(moe: MoE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,14 +90,18 @@ def loss_and_grads(model: torch.nn.Module, ids: torch.Tensor) -> tuple[torch.Ten
 @pytest.mark.parametrize("block", ["gpt2", "llama"])
 @pytest.mark.parametrize("shared", [False, True])
 def test_checkpointing_grads_equal_plain(block: str, shared: bool) -> None:
-    ids = torch.randint(32, (2, 12), generator=torch.Generator().manual_seed(1))
+    ids = token_batch(TINY["vocab_size"])
     results = []
     for ckpt in (False, True):
-        torch.manual_seed(0)
-        cfg = ModelConfig(
-            **TINY, arch="moe", block=block, n_layers=3, shared_expert=shared, checkpointing=ckpt
+        model = make_model(
+            "moe",
+            torch.float64,
+            shape=TINY,
+            block=block,
+            n_layers=3,
+            shared_expert=shared,
+            checkpointing=ckpt,
         )
-        model = build_model(cfg).double()
         results.append(loss_and_grads(model, ids))
     (loss_p, grads_p), (loss_c, grads_c) = results
     assert loss_c == loss_p
@@ -105,11 +111,10 @@ def test_checkpointing_grads_equal_plain(block: str, shared: bool) -> None:
 
 
 def test_aux_loss_weighting_and_dense_models_have_none() -> None:
-    ids = torch.randint(32, (2, 12), generator=torch.Generator().manual_seed(1))
+    ids = token_batch(TINY["vocab_size"])
     auxes = []
     for w in (0.01, 0.5):
-        torch.manual_seed(0)
-        model = build_model(ModelConfig(**TINY, arch="moe", n_layers=2, aux_loss_weight=w))
+        model = make_model("moe", shape=TINY, n_layers=2, aux_loss_weight=w)
         aux = model(ids).aux_loss
         assert aux.requires_grad
         auxes.append(float(aux.detach()))

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 from gradcheck import grad_error
+from tinymodels import TINY, make_model, token_batch
 from torch import nn
 
 from revbench.cli import main
@@ -29,18 +30,6 @@ from revbench.models import ModelConfig, build_model, reconstruction_errors
 from revbench.models.hf import save_checkpoint
 from revbench.models.retrofit import INITS, PairedBlock, retrofit_settings
 from revbench.tasks.text import ByteTokenizer
-
-TINY = {"vocab_size": 32, "d_model": 16, "n_heads": 2, "max_seq_len": 16}
-
-
-def tiny_model(arch: str, **over: Any) -> nn.Module:
-    torch.manual_seed(0)
-    return build_model(ModelConfig(**{**TINY, "arch": arch, **over})).to(torch.float64)
-
-
-def batch() -> torch.Tensor:
-    return torch.randint(TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(1))
-
 
 FORCES: dict[str, tuple[str, dict[str, Any]]] = {
     "midpoint-pair": ("midpoint", {"n_layers": 4, "force": "pair", "step_size": 0.5}),
@@ -74,12 +63,12 @@ FORCES: dict[str, tuple[str, dict[str, Any]]] = {
 @pytest.mark.parametrize("name", FORCES)
 def test_float64_grads_equal_plain_autograd(name: str) -> None:
     arch, over = FORCES[name]
-    model = tiny_model(arch, **over)
+    model = make_model(arch, torch.float64, **over)
     if over.get("force", "block") != "block":
         assert any(isinstance(b, PairedBlock) for _, b in model.steps)
-    plain = tiny_model(arch, **{k: v for k, v in over.items() if k != "force"})
+    plain = make_model(arch, torch.float64, **{k: v for k, v in over.items() if k != "force"})
     assert model.state_dict().keys() == plain.state_dict().keys()  # no parameter of its own
-    loss_err, grad_err = grad_error(model, batch())
+    loss_err, grad_err = grad_error(model, token_batch())
     # Measured on this machine: loss bit-equal, gradients within 2e-14 relative.
     assert loss_err < 1e-13
     assert grad_err < 1e-12, f"max relative gradient error {grad_err:.2e}"
@@ -88,7 +77,7 @@ def test_float64_grads_equal_plain_autograd(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in FORCES if "dropout" not in n])
 def test_float64_reconstruction_is_exact(name: str) -> None:
     arch, over = FORCES[name]
-    errors = reconstruction_errors(tiny_model(arch, **over), batch())
+    errors = reconstruction_errors(make_model(arch, torch.float64, **over), token_batch())
     assert len(errors) == over["n_layers"]
     assert max(errors) < 1e-12, errors
 
@@ -137,7 +126,7 @@ def by_hand(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("name", [n for n in FORCES if "dropout" not in n and "euler" not in n])
 def test_the_stack_follows_the_recurrence_written_by_hand(name: str) -> None:
     arch, over = FORCES[name]
-    model = tiny_model(arch, **over)
+    model = make_model(arch, torch.float64, **over)
     x = torch.randn(2, 6, TINY["d_model"], dtype=torch.float64)
     with torch.no_grad():
         want, got = by_hand(model, x), model.run_stack(x)

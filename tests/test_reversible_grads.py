@@ -10,24 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 from gradcheck import grad_error, loss_and_grads, rel, reversible_node
-
-from revbench.models import ModelConfig, build_model
+from tinymodels import make_model, token_batch
 
 REVERSIBLE = ["midpoint", "leapfrog", "hamiltonian", "revnet"]
-TINY = {"vocab_size": 32, "d_model": 16, "n_heads": 2, "max_seq_len": 16}
-
-
-def tiny_model(
-    arch: str, dtype: torch.dtype = torch.float64, **overrides: object
-) -> torch.nn.Module:
-    torch.manual_seed(0)
-    cfg = ModelConfig(**{**TINY, "arch": arch, **overrides})  # type: ignore[arg-type]
-    return build_model(cfg).to(dtype)
-
-
-def batch(seed: int = 1, B: int = 2, T: int = 12) -> torch.Tensor:
-    return torch.randint(TINY["vocab_size"], (B, T), generator=torch.Generator().manual_seed(seed))
-
 
 CASES = [(arch, block, n) for arch in REVERSIBLE for block in ("gpt2", "llama") for n in (1, 3, 4)]
 
@@ -36,8 +21,8 @@ CASES = [(arch, block, n) for arch in REVERSIBLE for block in ("gpt2", "llama") 
     ("arch", "block", "n_layers"), CASES, ids=[f"{a}-{b}-{n}" for a, b, n in CASES]
 )
 def test_float64_grads_equal_plain_autograd(arch: str, block: str, n_layers: int) -> None:
-    model = tiny_model(arch, block=block, n_layers=n_layers)
-    loss_err, grad_err = grad_error(model, batch())
+    model = make_model(arch, torch.float64, block=block, n_layers=n_layers)
+    loss_err, grad_err = grad_error(model, token_batch())
     assert loss_err < 1e-12
     assert grad_err < 1e-10, f"max relative gradient error {grad_err:.2e}"
 
@@ -57,17 +42,17 @@ VARIANTS = {
 @pytest.mark.parametrize("name", VARIANTS)
 def test_float64_variants_equal_plain_autograd(name: str) -> None:
     arch, overrides = VARIANTS[name]
-    model = tiny_model(arch, n_layers=3, **overrides)
-    loss_err, grad_err = grad_error(model, batch())
+    model = make_model(arch, torch.float64, n_layers=3, **overrides)
+    loss_err, grad_err = grad_error(model, token_batch())
     assert loss_err < 1e-12
     assert grad_err < 1e-10, f"max relative gradient error {grad_err:.2e}"
 
 
 def test_dropout_masks_really_differ_between_seeds() -> None:
     # Guards the dropout test above: with dropout on, the seed must matter.
-    model = tiny_model("midpoint", n_layers=2, dropout=0.2)
-    a, _ = loss_and_grads(model, batch(), reversible=True, seed=0)
-    b, _ = loss_and_grads(model, batch(), reversible=True, seed=1)
+    model = make_model("midpoint", torch.float64, n_layers=2, dropout=0.2)
+    a, _ = loss_and_grads(model, token_batch(), reversible=True, seed=0)
+    b, _ = loss_and_grads(model, token_batch(), reversible=True, seed=1)
     assert a != b
 
 
@@ -76,16 +61,16 @@ def test_dropout_masks_really_differ_between_seeds() -> None:
 @pytest.mark.parametrize("arch", REVERSIBLE)
 @pytest.mark.parametrize("block", ["gpt2", "llama"])
 def test_float32_grads_close_to_plain_autograd(arch: str, block: str) -> None:
-    model = tiny_model(arch, dtype=torch.float32, block=block, n_layers=4)
-    loss_err, grad_err = grad_error(model, batch())
+    model = make_model(arch, torch.float32, block=block, n_layers=4)
+    loss_err, grad_err = grad_error(model, token_batch())
     assert loss_err < 1e-6
     assert grad_err < 1e-5, f"max relative gradient error {grad_err:.2e}"
 
 
 @pytest.mark.parametrize("arch", REVERSIBLE)
 def test_gradient_accumulation_adds(arch: str) -> None:
-    model = tiny_model(arch, n_layers=2)
-    ids = batch()
+    model = make_model(arch, torch.float64, n_layers=2)
+    ids = token_batch()
     _, once = loss_and_grads(model, ids, reversible=True)
     model.zero_grad(set_to_none=True)
     for _ in range(2):
@@ -96,11 +81,11 @@ def test_gradient_accumulation_adds(arch: str) -> None:
 
 @pytest.mark.parametrize("arch", ["midpoint", "hamiltonian"])
 def test_frozen_parameters(arch: str) -> None:
-    model = tiny_model(arch, n_layers=3)
+    model = make_model(arch, torch.float64, n_layers=3)
     frozen = {"blocks.1.attn.qkv.weight", "blocks.0.mlp.fc.weight", "embed.tok.weight"}
     for n, p in model.named_parameters():
         p.requires_grad_(n not in frozen)
-    ids = batch()
+    ids = token_batch()
     _, grads_r = loss_and_grads(model, ids, reversible=True)
     _, grads_p = loss_and_grads(model, ids, reversible=False)
     assert frozen.isdisjoint(grads_r) and grads_r.keys() == grads_p.keys()
@@ -109,10 +94,10 @@ def test_frozen_parameters(arch: str) -> None:
 
 
 def test_all_blocks_frozen_still_trains_embedding() -> None:
-    model = tiny_model("leapfrog", n_layers=2)
+    model = make_model("leapfrog", torch.float64, n_layers=2)
     for p in model.blocks.parameters():
         p.requires_grad_(False)
-    ids = batch()
+    ids = token_batch()
     _, grads_r = loss_and_grads(model, ids, reversible=True)
     _, grads_p = loss_and_grads(model, ids, reversible=False)
     assert grads_r.keys() == grads_p.keys() and "embed.tok.weight" in grads_r
@@ -128,8 +113,8 @@ def test_no_grad_and_eval_use_the_plain_path(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(
         ReversibleFunction, "apply", lambda *a: calls.append(1) or real(*a), raising=True
     )
-    model = tiny_model("midpoint", n_layers=2)
-    ids = batch()
+    model = make_model("midpoint", torch.float64, n_layers=2)
+    ids = token_batch()
     model(ids)
     assert calls == [1]  # with grad: the Function (the spy sees it) ...
     with torch.no_grad():
@@ -143,8 +128,8 @@ def test_no_grad_and_eval_use_the_plain_path(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_function_keeps_only_the_final_states_and_gives_them_up() -> None:
-    model = tiny_model("midpoint", n_layers=3)
-    ids = batch()
+    model = make_model("midpoint", torch.float64, n_layers=3)
+    ids = token_batch()
     out = model(ids, labels=ids)
     rev = reversible_node(out.loss)
     # Nothing through save_for_backward (it would pin the states for the whole backward); the
@@ -158,16 +143,16 @@ def test_function_keeps_only_the_final_states_and_gives_them_up() -> None:
 def test_a_trunk_output_the_caller_holds_is_not_overwritten() -> None:
     # The backward rebuilds states in place of the final ones; one the caller still holds is
     # copied first.
-    model = tiny_model("midpoint", n_layers=3)
-    h = model.trunk(model.embed(batch()))
+    model = make_model("midpoint", torch.float64, n_layers=3)
+    h = model.trunk(model.embed(token_batch()))
     before = h.detach().clone()
     (h * h).sum().backward()
     torch.testing.assert_close(h.detach(), before, rtol=0, atol=0)
 
 
 def test_retain_graph_second_backward_is_a_clear_error() -> None:
-    model = tiny_model("midpoint", n_layers=2)
-    ids = batch()
+    model = make_model("midpoint", torch.float64, n_layers=2)
+    ids = token_batch()
     loss = model(ids, labels=ids).loss
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="backward ran twice"):
@@ -175,8 +160,8 @@ def test_retain_graph_second_backward_is_a_clear_error() -> None:
 
 
 def test_autograd_grad_matches_backward() -> None:
-    model = tiny_model("revnet", n_layers=3)
-    ids = batch()
+    model = make_model("revnet", torch.float64, n_layers=3)
+    ids = token_batch()
     _, grads = loss_and_grads(model, ids, reversible=True)
     names, params = zip(*model.named_parameters(), strict=True)
     got = torch.autograd.grad(model(ids, labels=ids).loss, params)
@@ -194,8 +179,8 @@ def test_grads_per_block_land_block_by_block_with_the_same_values(
     """``grads_per_block`` (what DDP uses): each block's gradients reach ``param.grad`` (and its
     hooks) when the backward leaves the block, last block first, before the blocks below are
     recomputed; the values are exactly those the Function returns otherwise."""
-    model = tiny_model(arch, n_layers=4, init_state=init_state)
-    ids = batch()
+    model = make_model(arch, torch.float64, n_layers=4, init_state=init_state)
+    ids = token_batch()
     _, want = loss_and_grads(model, ids, reversible=True)
     landed: list[tuple[int, bool]] = []  # (block, whether block 0 had its gradient yet)
     first = next(model.blocks[0].parameters())
@@ -215,9 +200,9 @@ def test_grads_per_block_land_block_by_block_with_the_same_values(
 
 
 def test_grads_per_block_with_a_frozen_embedding_still_trains_the_blocks() -> None:
-    model = tiny_model("midpoint", n_layers=2)
+    model = make_model("midpoint", torch.float64, n_layers=2)
     model.embed.tok.weight.requires_grad_(False)
-    ids = batch()
+    ids = token_batch()
     _, want = loss_and_grads(model, ids, reversible=False)
     model.grads_per_block = True
     _, got = loss_and_grads(model, ids, reversible=True)
@@ -227,8 +212,8 @@ def test_grads_per_block_with_a_frozen_embedding_still_trains_the_blocks() -> No
 
 
 def test_double_backward_raises() -> None:
-    model = tiny_model("midpoint", n_layers=2)
-    loss = model(batch(), labels=batch()).loss
+    model = make_model("midpoint", torch.float64, n_layers=2)
+    loss = model(token_batch(), labels=token_batch()).loss
     with pytest.raises(RuntimeError, match="double backward"):
         torch.autograd.grad(loss, list(model.parameters()), create_graph=True)
 
@@ -236,8 +221,8 @@ def test_double_backward_raises() -> None:
 def test_autocast_bf16_runs_and_tracks_plain_path() -> None:
     # The stream stays float32; the recompute re-enters bf16 autocast, so the rebuilt graph uses
     # the forward's bf16 branch values and gradients track the plain path closely.
-    model = tiny_model("midpoint", dtype=torch.float32, n_layers=3)
-    ids = batch()
+    model = make_model("midpoint", torch.float32, n_layers=3)
+    ids = token_batch()
     grads = {}
     for reversible in (True, False):
         model.reversible_backprop = reversible

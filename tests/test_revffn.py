@@ -13,18 +13,18 @@ from __future__ import annotations
 import pytest
 import torch
 from gradcheck import grad_error, loss_and_grads, rel, reversible_node
+from tinymodels import TINY as DENSE
+from tinymodels import make_model, token_batch
 
 from revbench.measure.memory import SavedTensors
-from revbench.models import ModelConfig, build_model, reconstruction_errors
+from revbench.models import reconstruction_errors
 from revbench.models.revffn import RevFFNLM
 
-TINY = {"vocab_size": 32, "d_model": 16, "n_heads": 2, "max_seq_len": 16, "n_experts": 4}
+TINY = {**DENSE, "n_experts": 4}
 
 
 def model(p1_scale: float = 1.0, n_layers: int = 3, **overrides: object) -> RevFFNLM:
-    torch.manual_seed(0)
-    cfg = ModelConfig(**{**TINY, "arch": "revffn", "n_layers": n_layers, **overrides})  # type: ignore[arg-type]
-    m = build_model(cfg).double()
+    m = make_model("revffn", torch.float64, shape=TINY, n_layers=n_layers, **overrides)
     g = torch.Generator().manual_seed(2)
     with torch.no_grad():
         for n, p in m.named_parameters():
@@ -35,10 +35,6 @@ def model(p1_scale: float = 1.0, n_layers: int = 3, **overrides: object) -> RevF
                 )
     assert isinstance(m, RevFFNLM)
     return m
-
-
-def batch(seed: int = 1) -> torch.Tensor:
-    return torch.randint(TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(seed))
 
 
 EXACT = {
@@ -55,23 +51,23 @@ EXACT = {
 def test_exact_mode_float64_grads_equal_autograd(name: str) -> None:
     m = model(**{"revffn_query": "x2", **EXACT[name]})  # type: ignore[arg-type]
     m.train()
-    loss_err, grad_err = grad_error(m, batch())
+    loss_err, grad_err = grad_error(m, token_batch())
     assert loss_err < 1e-12
     assert grad_err < 1e-10, f"max relative gradient error {grad_err:.2e}"
 
 
 def test_aux_loss_gradient_reaches_the_router_through_the_function() -> None:
     m = model(revffn_query="x2", aux_loss_weight=1.0)
-    _, with_aux = loss_and_grads(m, batch(), reversible=True)
+    _, with_aux = loss_and_grads(m, token_batch(), reversible=True)
     m.config.aux_loss_weight = 0.0
-    _, without = loss_and_grads(m, batch(), reversible=True)
+    _, without = loss_and_grads(m, token_batch(), reversible=True)
     for i in range(3):
         name = f"blocks.{i}.ffn.router.weight"
         assert rel(with_aux[name], without[name]) > 1e-3, name
 
 
 def test_function_saves_only_the_final_halves_and_aux() -> None:
-    out = model(revffn_query="x2")(batch())
+    out = model(revffn_query="x2")(token_batch())
     rev = reversible_node(out.aux_loss)
     assert rev.saved_tensors == ()
     shapes = sorted(tuple(t.shape) for t in rev.final)
@@ -84,7 +80,7 @@ def test_fixed_point_grad_error_falls_with_iterations() -> None:
     errors = {}
     for iters in (1, 4, 16, 32):
         m = model(p1_scale=0.1, n_layers=4, revffn_fp_iters=iters)
-        errors[iters] = grad_error(m, batch())[1]
+        errors[iters] = grad_error(m, token_batch())[1]
         residuals = m.fixed_point_residuals()
         assert len(residuals) == 4 and all(r is not None for r in residuals)
     assert errors[1] > 1e-2  # the approximation is real ...
@@ -95,7 +91,7 @@ def test_fixed_point_grad_error_falls_with_iterations() -> None:
 
 def test_fixed_point_tolerance_stops_early_and_reports_residual() -> None:
     m = model(p1_scale=0.1, revffn_fp_iters=50, revffn_fp_tol=1e-6)
-    grad_error(m, batch())
+    grad_error(m, token_batch())
     residuals = m.fixed_point_residuals()
     assert all(r is not None and 1e-12 < r <= 1e-6 for r in residuals), residuals
 
@@ -103,19 +99,19 @@ def test_fixed_point_tolerance_stops_early_and_reports_residual() -> None:
 def test_fixed_point_with_dropout_replays_the_masks() -> None:
     m = model(p1_scale=0.1, dropout=0.2, revffn_fp_iters=32)
     m.train()
-    assert grad_error(m, batch())[1] < 1e-10
+    assert grad_error(m, token_batch())[1] < 1e-10
 
 
 def test_reconstruction_errors_exact_and_fixed_point() -> None:
-    exact = reconstruction_errors(model(revffn_query="x2"), batch())
+    exact = reconstruction_errors(model(revffn_query="x2"), token_batch())
     assert len(exact) == 3 and max(exact) < 1e-14
-    loose = reconstruction_errors(model(p1_scale=0.1, revffn_fp_iters=2), batch())
-    tight = reconstruction_errors(model(p1_scale=0.1, revffn_fp_iters=32), batch())
+    loose = reconstruction_errors(model(p1_scale=0.1, revffn_fp_iters=2), token_batch())
+    tight = reconstruction_errors(model(p1_scale=0.1, revffn_fp_iters=32), token_batch())
     assert max(loose) > 1e-3 and max(tight) < 1e-13
 
 
 def test_queries_from_x1_differ_from_x2() -> None:
-    ids = batch()
+    ids = token_batch()
     with torch.no_grad():
         a = model(revffn_query="x1")(ids).logits
         b = model(revffn_query="x2")(ids).logits
@@ -125,7 +121,7 @@ def test_queries_from_x1_differ_from_x2() -> None:
 # Measured: 2.3e-6 (float64 cases above: 1e-15 to 1e-14).
 def test_float32_exact_mode_close_to_autograd() -> None:
     m = model(revffn_query="x2").float()
-    assert grad_error(m, batch())[1] < 1e-4
+    assert grad_error(m, token_batch())[1] < 1e-4
 
 
 # Measured (p1_scale 1.0, 4 layers, 16 iterations): per-layer residuals 0.9, 0.6, 0.1, 1e-6 and
@@ -133,17 +129,16 @@ def test_float32_exact_mode_close_to_autograd() -> None:
 # the fixed point never settles. The residuals make that visible; the test pins it.
 def test_non_contractive_fixed_point_shows_in_residuals() -> None:
     m = model(p1_scale=1.0, n_layers=4, revffn_fp_iters=16)
-    grad_error(m, batch())
+    grad_error(m, token_batch())
     assert max(r for r in m.fixed_point_residuals() if r is not None) > 1e-2
 
 
 SHAPE = {"vocab_size": 64, "d_model": 32, "n_heads": 2, "max_seq_len": 64, "n_experts": 4}
 
 
-def saved_bytes(n_layers: int, **overrides: object) -> int:
-    torch.manual_seed(0)
-    m = build_model(ModelConfig(**{**SHAPE, "n_layers": n_layers, **overrides}))  # type: ignore[arg-type]
-    ids = torch.randint(64, (4, 64), generator=torch.Generator().manual_seed(0))
+def saved_bytes(n_layers: int, arch: str, **overrides: object) -> int:
+    m = make_model(arch, shape=SHAPE, n_layers=n_layers, **overrides)
+    ids = token_batch(SHAPE["vocab_size"], 4, 64, seed=0)
     with SavedTensors(m.parameters()) as saved:
         out = m(ids, labels=ids)
         (out.loss + out.aux_loss).backward()

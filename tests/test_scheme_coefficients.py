@@ -20,24 +20,12 @@ import pandas as pd
 import pytest
 import torch
 from gradcheck import grad_error, rel
+from tinymodels import TINY, make_model, token_batch
 from torch import nn
 
 from revbench import caserun, results
 from revbench.models import ModelConfig, build_model, reconstruction_errors
 from revbench.suite import load_suite
-
-TINY = {"vocab_size": 32, "d_model": 16, "n_heads": 2, "max_seq_len": 16}
-
-
-def tiny_model(arch: str, **overrides: Any) -> nn.Module:
-    torch.manual_seed(0)
-    cfg = ModelConfig(**{**TINY, "arch": arch, **overrides})
-    return build_model(cfg).to(torch.float64)
-
-
-def batch(seed: int = 1) -> torch.Tensor:
-    return torch.randint(TINY["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(seed))
-
 
 # |a| < 1, negative a, |a| > 1; a·b = 1 and a·b != 1, negative coefficients.
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -75,7 +63,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
 @pytest.mark.parametrize("name", CASES)
 def test_float64_grads_equal_plain_autograd(name: str) -> None:
     arch, over = CASES[name]
-    loss_err, grad_err = grad_error(tiny_model(arch, **over), batch())
+    loss_err, grad_err = grad_error(make_model(arch, torch.float64, **over), token_batch())
     # Measured on this machine: loss bit-equal, gradients within 3e-15 relative.
     assert loss_err < 1e-13
     assert grad_err < 1e-12, f"max relative gradient error {grad_err:.2e}"
@@ -84,7 +72,7 @@ def test_float64_grads_equal_plain_autograd(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in CASES if "dropout" not in n])
 def test_float64_reconstruction_is_exact(name: str) -> None:
     arch, over = CASES[name]
-    errors = reconstruction_errors(tiny_model(arch, **over), batch())
+    errors = reconstruction_errors(make_model(arch, torch.float64, **over), token_batch())
     assert len(errors) == over["n_layers"]
     assert max(errors) < 1e-12, errors
 
@@ -162,7 +150,7 @@ class Stub(nn.Module):
 
 
 def stubbed(arch: str, **over: Any) -> tuple[nn.Module, list[Stub]]:
-    model = tiny_model(arch, **over)
+    model = make_model(arch, torch.float64, **over)
     stubs = [Stub(TINY["d_model"], 100 + i) for i in range(len(model.blocks))]
     swap = {id(b): s for b, s in zip(model.blocks, stubs, strict=True)}
     model.steps = [(scheme, swap[id(b)]) for scheme, b in model.steps]
