@@ -3,7 +3,7 @@
 The RevFFN paper (Liu et al.) reports peak VRAM 65.4 GB -> 39.5 GB (0.60x) against fine-tuning
 with checkpointing on Qwen1.5-MoE; this prints the same ratio for a small model on this machine.
 
-Following docs/MEASUREMENT-NOTES: memory and time come from different child processes. Each
+Following docs/measurement.md: memory and time come from different child processes. Each
 variant's memory is measured in a fresh child started with ``MALLOC_MMAP_THRESHOLD_=65536`` (so
 freed tensors leave the resident set): the growth of the RSS high-water mark over the memory
 held before one full AdamW step (``step peak``: activations, gradients, the backward's

@@ -26,7 +26,7 @@ from revbench import results
 from revbench.plan import predict
 from revbench.runner import run_suite
 
-SUITES = Path(__file__).resolve().parent.parent / "suites"
+SUITES = Path(__file__).resolve().parent.parent / "revbench" / "suites"
 CPU_SUITES = ("quickstart", "depth_sweep", "moe", "parallel")
 
 

@@ -96,6 +96,8 @@ def _cap_memory(case: Any, device: str) -> None:
         return
     import resource
 
+    _load_code(case)
+
     used = 0
     with open("/proc/self/status") as fh:
         for line in fh:
@@ -106,6 +108,32 @@ def _cap_memory(case: Any, device: str) -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
+def _load_code(case: Any) -> None:
+    """One training step of a miniature of the case (one layer, 2 dims per head, batch 1 x 4
+    tokens), so that the modules torch imports lazily on a first step (sympy among them) are
+    loaded before the memory cap applies: under the cap, an import that fails half way can
+    surface as a SystemError rather than a MemoryError. Best effort; a miniature that cannot be
+    built is skipped."""
+    import dataclasses
+    import gc
+
+    from revbench.measure.step import build_train_step
+
+    heads = case.model["n_heads"]
+    model = {**case.model, "n_layers": 1, "d_model": 2 * heads, "d_ff": 0, "d_ff_shared": 0}
+    for key in ("a_layers",):
+        if model.get(key) is not None:
+            model[key] = model[key][:1]
+    data = {**case.data, "batch_size": 1, "seq_len": min(4, case.data["seq_len"])}
+    try:
+        step = build_train_step(dataclasses.replace(case, model=model, data=data))
+        step()
+        del step
+    except Exception:  # warming only
+        pass
+    gc.collect()
 
 
 def _failure(exc: BaseException) -> str:

@@ -10,7 +10,9 @@ import argparse
 import os
 import signal
 import sys
+import warnings
 from collections.abc import Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -46,17 +48,16 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.resources import Resources
 
     resources = Resources.parse(_key_values(args.resources), "--resources")
-    if args.memory_cap:  # read by every case process started from here (child._cap_memory)
+    if args.memory_cap:
         from revbench.measure.batch import parse_bytes
 
         try:
             parse_bytes(args.memory_cap)
         except ValueError as e:
             raise RevbenchError(f"--memory-cap: {e}") from None
-        os.environ["REVBENCH_MEMORY_CAP"] = args.memory_cap
     # A bad suite or --out is reported before any cluster is started.
     load_suite(args.suite, max_case_runs=args.max_case_runs)
-    check_out_dir(args.out, create=True)
+    check_out_dir(args.out, create=False)  # made by run_suite once the executor exists
     executor = make_executor(
         args.executor,
         address=args.address,
@@ -67,6 +68,11 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
     # SIGTERM (kill, a scheduler's preemption) unwinds like Ctrl-C: in-flight case processes and
     # Ray tasks are stopped, a local Ray instance is shut down, finished rows stay.
     signal.signal(signal.SIGTERM, _interrupt)
+    # Read by the case processes started below (child._cap_memory); put back afterwards so a
+    # caller's environment (a test, a notebook) does not keep the cap.
+    previous_cap = os.environ.get("REVBENCH_MEMORY_CAP")
+    if args.memory_cap:
+        os.environ["REVBENCH_MEMORY_CAP"] = args.memory_cap
     try:
         report = run_suite(
             args.suite,
@@ -79,9 +85,14 @@ def _cmd_run(args: argparse.Namespace, out: Console, err: Console) -> int:
             resources=resources,
             wait=args.wait,
             max_case_runs=args.max_case_runs,
+            warm=not args.fresh_processes,
         )
     finally:
         executor.close()
+        if previous_cap is None:
+            os.environ.pop("REVBENCH_MEMORY_CAP", None)
+        else:
+            os.environ["REVBENCH_MEMORY_CAP"] = previous_cap
     out.print(summary_table(report))
     if report.failed:
         err.print(f"{len(report.failed)} of {len(report.rows)} case runs failed")
@@ -120,8 +131,9 @@ def _key_values(text: str | None) -> dict[str, float]:
 def _cmd_validate(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.suite import load_suite
 
-    suite = load_suite(args.suite)
-    out.print(escape(f"{args.suite}: ok, suite '{suite.name}' with {len(suite.cases)} cases"))
+    for path in args.suite:
+        suite = load_suite(path)
+        out.print(escape(f"{path}: ok, suite '{suite.name}' with {len(suite.cases)} cases"))
     return EXIT_OK
 
 
@@ -135,11 +147,21 @@ def _cmd_list(args: argparse.Namespace, out: Console, err: Console) -> int:
         ("metrics", METRICS),
         ("tasks", TASKS),
     ):
+        if args.what not in (None, title):
+            continue
         print(title)
         for entry in registry.entries():
             print(f"  {entry.name:<14} {entry.description}")
         if not len(registry):
             print("  (none registered yet)")
+    if args.what in (None, "suites"):
+        from revbench.shipped import shipped_suites, summary
+
+        suites = shipped_suites()
+        width = max(map(len, suites), default=0)
+        print("suites (revbench run NAME)")
+        for name, path in suites.items():
+            print(f"  {name:<{width}} {summary(path)}")
     return EXIT_OK
 
 
@@ -244,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate, expand and run every case of a suite; each case "
         "run appends one parquet row under OUT/<suite>/.",
     )
-    run.add_argument("suite", metavar="SUITE.yaml")
+    run.add_argument(
+        "suite",
+        metavar="SUITE",
+        help="a suite file, or the name of a shipped suite (revbench list suites)",
+    )
     run.add_argument(
         "--out", default="results", metavar="DIR", help="results folder (default: results)"
     )
@@ -269,6 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="when another revbench run is writing the same results folder, wait for it "
         "(default: refuse at once)",
+    )
+    run.add_argument(
+        "--fresh-processes",
+        action="store_true",
+        help="start every case process from scratch instead of forking it from a warm "
+        "process with torch imported (the same measurements, about 3 s more per case process)",
     )
     run.add_argument(
         "--memory-cap",
@@ -320,7 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
         "saved activations, the step's peak) and its largest batch on the GPUs or memory "
         "given, from the configuration alone (revbench.plan).",
     )
-    pln.add_argument("suite", metavar="SUITE.yaml")
+    pln.add_argument(
+        "suite",
+        metavar="SUITE",
+        help="a suite file, or the name of a shipped suite (revbench list suites)",
+    )
     pln.add_argument(
         "--gpu",
         metavar="NAMES",
@@ -334,11 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pln.set_defaults(func=_cmd_plan)
 
-    val = sub.add_parser("validate", help="validate a suite without running it")
-    val.add_argument("suite", metavar="SUITE.yaml")
+    val = sub.add_parser("validate", help="validate suites without running them")
+    val.add_argument(
+        "suite",
+        metavar="SUITE",
+        nargs="+",
+        help="a suite file, or the name of a shipped suite (revbench list suites)",
+    )
     val.set_defaults(func=_cmd_validate)
 
-    lst = sub.add_parser("list", help="registered architectures, metrics and tasks")
+    lst = sub.add_parser(
+        "list", help="registered architectures, metrics and tasks, and the shipped suites"
+    )
+    lst.add_argument(
+        "what",
+        nargs="?",
+        choices=("architectures", "metrics", "tasks", "suites"),
+        help="list only these (default: all)",
+    )
     lst.set_defaults(func=_cmd_list)
 
     sch = sub.add_parser("schema", help="print the results parquet schema (markdown)")
@@ -347,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser(
         "dashboard",
         help="browse results in a Streamlit dashboard",
-        description="Serve the dashboard (dashboard/app.py) headless on localhost.",
+        description="Serve the dashboard (revbench/dashboard_app.py) headless on localhost.",
     )
     dash.add_argument("results", nargs="?", default="results", metavar="RESULTS_DIR")
     dash.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
@@ -474,13 +523,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Warnings (a results file skipped, ...) as one line each, without source lines."""
+    print(f"revbench: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out, err = Console(), Console(stderr=True)
     if not out.is_terminal:  # logs and pipes: do not fold the summary table at 80 columns
         out = Console(width=200)
     try:
-        return args.func(args, out, err)
+        if getattr(args, "suite", None) is not None:  # run, plan, validate: file or shipped name
+            from revbench.shipped import resolve_suite
+
+            if isinstance(args.suite, list):
+                args.suite = [resolve_suite(s) for s in args.suite]
+            else:
+                args.suite = resolve_suite(args.suite)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return args.func(args, out, err)
     except OutputError as e:
         print(f"revbench: error: {e}", file=sys.stderr)
         return EXIT_NOT_SAVED

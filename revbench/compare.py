@@ -125,9 +125,8 @@ class Comparison:
 
 def _text(v: object) -> str:
     """A name from the results as markdown text: HTML escaped (the table goes into PR
-    comments), table pipes and line breaks neutralised."""
-    text = html.escape(str(v))
-    return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    comments), line breaks flattened (``tables.markdown`` escapes the pipes)."""
+    return html.escape(str(v)).replace("\n", " ").replace("\r", " ")
 
 
 def _fmt(v: object, digits: int) -> str:

@@ -427,6 +427,7 @@ def convert(
     ``resume``: continue from the training checkpoint in ``out`` (module docstring; none there:
     start afresh). ``progress``: a rich ``Console`` to show the distillation's progress on."""
     cfg = config or ConvertConfig()
+    _check_before_distilling(cfg, out)
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     teacher = teacher if teacher is not None else from_pretrained(source)
@@ -486,6 +487,20 @@ def convert(
         save_converted(student, out, report, cfg, tok)
         training_checkpoint(out).unlink(missing_ok=True)
     return student, report
+
+
+def _check_before_distilling(cfg: ConvertConfig, out: str | Path | None) -> None:
+    """Fail in one line before any weight is loaded: an unknown ``arch``, an ``out`` that
+    cannot be written (minutes of distillation must not end in a failed save)."""
+    from revbench.models import ARCHITECTURES
+    from revbench.results import check_out_dir
+
+    try:
+        ARCHITECTURES.get(cfg.arch)
+    except ConfigError as e:
+        raise ConfigError(f"--arch: {e}") from None
+    if out is not None:
+        check_out_dir(out, create=True)
 
 
 class _Run:

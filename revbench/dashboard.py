@@ -1,4 +1,4 @@
-"""``revbench dashboard``: start the Streamlit app (dashboard/app.py) on a results folder.
+"""``revbench dashboard``: start the Streamlit app (revbench/dashboard_app.py) on a results folder.
 
 Headless and bound to localhost unless told otherwise: the dashboard shows host names and paths,
 so exposing it on a network is an explicit choice (``--host 0.0.0.0``).
@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -28,7 +29,8 @@ CHROMIUM_ARGS = (
     "--disable-sync",
     "--no-first-run",
 )
-APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+APP = Path(__file__).resolve().parent / "dashboard_app.py"
+"""The Streamlit script: a module of the package, so an installed revbench serves it too."""
 
 
 def command(results: str | Path, *, host: str = "127.0.0.1", port: int = 8501) -> list[str]:
@@ -53,7 +55,7 @@ def command(results: str | Path, *, host: str = "127.0.0.1", port: int = 8501) -
 def check(results: str | Path) -> Path:
     """Fail with one line when the app or its dependencies are missing."""
     if not APP.exists():
-        raise RevbenchError(f"{APP}: dashboard app not found (run from a revbench checkout)")
+        raise RevbenchError(f"{APP}: dashboard app not found (reinstall revbench)")
     try:
         import plotly  # noqa: F401
         import streamlit  # noqa: F401
@@ -70,29 +72,30 @@ def check(results: str | Path) -> Path:
 
 
 def serve(results: str | Path = "results", *, host: str = "127.0.0.1", port: int = 8501) -> int:
-    """Run the dashboard in the foreground until interrupted; returns streamlit's exit code."""
+    """Run the dashboard in the foreground until interrupted; returns streamlit's exit code.
+
+    Ctrl-C reaches streamlit with this process (same process group); SIGTERM (``kill``, a
+    supervisor) is passed on to it, so stopping ``revbench dashboard`` never leaves a
+    streamlit server behind.
+    """
     path = check(results)
     env = {**os.environ, "REVBENCH_RESULTS": str(path)}
     print(f"revbench dashboard: http://{host}:{port} serving {path} (Ctrl-C stops)", flush=True)
-    # Streamlit dies with us: SIGKILL through PR_SET_PDEATHSIG, SIGTERM (kill, a service
-    # manager) and Ctrl-C by stopping it before returning.
+    # Streamlit dies with us: SIGKILL through PR_SET_PDEATHSIG, SIGTERM passed on.
     proc = subprocess.Popen(
         command(path, host=host, port=port), env=env, preexec_fn=die_with_parent
     )
-
-    def _term(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _term)
+    main = threading.current_thread() is threading.main_thread()  # signals: main thread only
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate()) if main else None
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        stop(proc)
-        return 0
+        return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
             stop(proc)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def free_port() -> int:
@@ -134,6 +137,7 @@ def wait_ready(port: int, proc: subprocess.Popen, timeout_s: float = 60.0) -> st
 
 
 def stop(proc: subprocess.Popen) -> None:
+    """Terminate the dashboard process and wait for it (killed after 10 s)."""
     proc.terminate()
     try:
         proc.wait(timeout=10)

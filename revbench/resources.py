@@ -11,10 +11,15 @@ device and host it actually ran on.
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from revbench.errors import SuiteError
+from revbench.limits import quote
+
+_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
 if TYPE_CHECKING:
     from revbench.suite import Case
@@ -40,8 +45,15 @@ class Resources:
         custom: dict[str, float] = {}
         cpus = gpus = None
         for key, value in raw.items():
+            name = quote(key, 40) if not isinstance(key, str) or len(key) > 40 else key
+            if not isinstance(key, str) or not _NAME.fullmatch(key):
+                raise SuiteError(
+                    f"{where}: resource name {name} must be 1 to 64 letters, digits, _ - . :"
+                )
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise SuiteError(f"{where}.{key}: must be a number >= 0, got {value!r}")
+                raise SuiteError(f"{where}.{name}: must be a number >= 0, got {quote(value)}")
+            if not math.isfinite(value) or value > 1e9:
+                raise SuiteError(f"{where}.{name}: must be a finite number up to 1e9, got {value}")
             if key.upper() in (CPU, GPU) and key not in (CPU, GPU):
                 raise SuiteError(f"{where}: unknown resource '{key}'; write '{key.upper()}'")
             if key == CPU:

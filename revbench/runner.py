@@ -37,6 +37,7 @@ from rich.progress import (
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
 )
 from rich.table import Table
 
@@ -50,6 +51,7 @@ from revbench.models.config import scheme_readout
 from revbench.procs import die_with_parent
 from revbench.resources import Resources
 from revbench.suite import Case, Suite, load_suite, select
+from revbench.zygote import close_all, zygote_for
 
 _SEVERITY = {"ok": 0, "error": 1, "oom": 2, "timeout": 3}
 
@@ -121,6 +123,17 @@ def child_command(case: Case, metric: str, case_file: Path, out: Path) -> list[s
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, *child]
 
 
+def _child_env(metric: str) -> dict[str, str]:
+    """The environment of a case process measuring ``metric``."""
+    # PCI bus order makes torch's device indices those of nvidia-smi and NVML.
+    return {
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        **os.environ,
+        **METRICS.get(metric).env,
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def _run_child(
     case: Case, metric: str, workdir: Path, timeout_s: float
 ) -> tuple[str, str | None, dict[str, Any]]:
@@ -128,34 +141,33 @@ def _run_child(
     tag = f"{metric}-{len(list(workdir.glob('*.case.json')))}"
     case_file, out, log = (workdir / f"{tag}.{ext}" for ext in ("case.json", "json", "log"))
     case_file.write_text(json.dumps(case.to_dict()))
-    # PCI bus order makes torch's device indices those of nvidia-smi and NVML.
-    env = {
-        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
-        **os.environ,
-        **METRICS.get(metric).env,
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = _child_env(metric)
     cmd = child_command(case, metric, case_file, out)
     if timeout_s <= 0:
         return "timeout", f"{metric}: not started, case timeout reached", {}
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
-        )
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    if _warm_enabled() and case.train["parallel"] == "none":
+        code = zygote_for(env).run(cmd[3:], log, env, timeout_s)  # argv after `-m revbench.child`
+        if code is None:
             return "timeout", f"{metric}: timed out (measure.timeout_s)", {}
-        except BaseException:  # Ctrl-C or the runner being stopped: take the child with us
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+    else:
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(
+                cmd,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
+            )
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return "timeout", f"{metric}: timed out (measure.timeout_s)", {}
+            except BaseException:  # Ctrl-C or the runner being stopped: take the child with us
+                os.killpg(proc.pid, signal.SIGKILL)
+                raise
     if out.exists():
         res = json.loads(out.read_text())
         err = f"{metric}: {res['error']}" if res["error"] else None
@@ -169,6 +181,15 @@ def _run_child(
     status = "oom" if code == -signal.SIGKILL else "error"
     tail = _last_line(log)
     return status, f"{metric}: process {_exit_reason(code)}" + (f": {tail}" if tail else ""), {}
+
+
+# Case processes are forked from a warm zygote (revbench/zygote.py) when the runner says so
+# (run_suite with the local executor); Ray and Slurm workers, and --fresh-processes, start fresh.
+_WARM = {"on": False}
+
+
+def _warm_enabled() -> bool:
+    return _WARM["on"] and os.environ.get("REVBENCH_FRESH_PROCESSES", "") in ("", "0")
 
 
 def _torchrun_root_cause(log: Path) -> tuple[int, int] | None:
@@ -301,6 +322,7 @@ def run_suite(
     resources: Resources | None = None,
     wait: bool = False,
     max_case_runs: int | None = None,
+    warm: bool = True,
 ) -> RunReport:
     """Validate, expand and run a suite; every case run is appended to ``out/<suite>/``.
 
@@ -308,7 +330,9 @@ def run_suite(
     are written atomically by this process as they arrive, in whatever order they finish, so
     an interrupted run loses only the case runs in flight. ``resources`` (the command line's)
     go over the suite's ``resources:`` block. The results folder is locked for the run: a
-    second run on it is refused, or waits with ``wait``.
+    second run on it is refused, or waits with ``wait``. With ``warm`` (the default) and the
+    local executor, case processes are forked from a warm zygote (``revbench/zygote.py``);
+    ``warm=False`` or ``REVBENCH_FRESH_PROCESSES=1`` starts each from scratch.
     """
     suite = load_suite(path, max_case_runs=max_case_runs)
     results.check_out_dir(out, create=True)
@@ -316,18 +340,23 @@ def run_suite(
     if folder.exists() and not folder.is_dir():
         raise ResultsError(f"{folder}: is a file; the results of suite '{suite.name}' go there")
     with _folder_lock(folder, wait=wait):
-        return _run_locked(
-            suite,
-            path,
-            out,
-            folder,
-            resume,
-            only,
-            quiet,
-            console,
-            executor,
-            asks=(suite.resources.merged(resources) if resources else suite.resources),
-        )
+        _WARM["on"] = warm and (executor is None or executor.name == "local")
+        try:
+            return _run_locked(
+                suite,
+                path,
+                out,
+                folder,
+                resume,
+                only,
+                quiet,
+                console,
+                executor,
+                asks=(suite.resources.merged(resources) if resources else suite.resources),
+            )
+        finally:
+            _WARM["on"] = False
+            close_all()
 
 
 @contextlib.contextmanager
@@ -382,6 +411,10 @@ def _run_locked(
     run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
     jobs = [Job(case, rep, run_id, str(path)) for case, rep in todo]
     executor = executor or LocalExecutor()
+    if _warm_enabled():  # every zygote the run needs imports at once, beside this process
+        forked = {m for c, _ in todo if c.train["parallel"] == "none" for m in c.metrics}
+        for metric in sorted(forked):
+            zygote_for(_child_env(metric)).start()
     # Repeats of a case still to come in this run; at zero its median row is (re)written.
     remaining = collections.Counter(case.config_hash for case, _ in todo)
     console = console or Console(stderr=True)
@@ -392,10 +425,17 @@ def _run_locked(
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
     )
     with Progress(*columns, console=console, disable=quiet) as progress:
         where = "" if executor.name == "local" else f" on {executor.name}"
-        task = progress.add_task(f"{suite.name}{where}", total=len(todo))
+        # Case runs skipped by --resume count as done, so the bar and its estimate of the time
+        # left cover the whole suite.
+        done = f", {skipped} already done" if skipped else ""
+        task = progress.add_task(
+            f"{escape(suite.name)}{where}{done}", total=len(todo) + skipped, completed=skipped
+        )
         for job, outcome in executor.map(jobs, asks):
             case = job.case
             row = lost_row(job, outcome) if isinstance(outcome, Lost) else outcome
@@ -421,7 +461,12 @@ def _mib(x: Any) -> str:
 
 
 def _eval(row: dict[str, Any]) -> str:
-    """The accuracy metric's headline: accuracy or perplexity with its 95% interval."""
+    """The accuracy metric's headline: accuracy or perplexity with its 95% interval; the
+    lm_eval metric's value with lm-eval's stderr."""
+    v = row.get("lm_eval_value")
+    if v is not None and v == v:
+        se = row.get("lm_eval_stderr")
+        return f"{row.get('lm_eval_task')} {v:.3f}" + (f" ± {se:.3f}" if se == se and se else "")
     for name, fmt in (("accuracy", "{:.1%}"), ("perplexity", "{:.2f}")):
         v = row.get(name)
         if v is not None and v == v:

@@ -39,8 +39,20 @@ class DataSettings(BaseModel):
     eval_examples: Annotated[int, Field(ge=1)] = 512
     """accuracy: at most this many held-out examples (lm: windows of seq_len tokens)."""
     tokenizer: str = "auto"
-    """accuracy: auto (the pretrained model's own, else bytes), byte, pretrained, or a
+    """accuracy, lm_eval: auto (the pretrained model's own, else bytes), byte, pretrained, or a
     tokenizers JSON file."""
+    lm_eval_task: str | None = None
+    """lm_eval: the lm-evaluation-harness task or group (e.g. piqa; its data may need the hub),
+    or one defined in lm_eval_include."""
+    lm_eval_include: str | None = None
+    """lm_eval: a folder of lm-eval task YAML files (relative to the working directory)."""
+    lm_eval_metric: str | None = None
+    """lm_eval: the task's metric in lm_eval_value (acc, acc_norm, word_perplexity, ...;
+    default: the task's first)."""
+    lm_eval_limit: Annotated[int, Field(ge=1)] | None = None
+    """lm_eval: at most this many documents per task (default: all)."""
+    lm_eval_num_fewshot: Annotated[int, Field(ge=0)] | None = None
+    """lm_eval: few-shot examples per prompt (default: the task's)."""
 
 
 class TrainSettings(BaseModel):
@@ -150,6 +162,11 @@ HASHED_IF_SET: dict[str, Any] = {
     "a_seed": 0,
     "ham_a": 1.0,
     "ham_b": 1.0,
+    "lm_eval_task": None,
+    "lm_eval_include": None,
+    "lm_eval_metric": None,
+    "lm_eval_limit": None,
+    "lm_eval_num_fewshot": None,
 }
 
 

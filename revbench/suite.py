@@ -398,6 +398,13 @@ def _resolve(
             f"{where}: nproc_per_node is {train['nproc_per_node']} but parallel is none; "
             "set parallel: ddp or fsdp"
         )
+    for m in metrics:
+        check = METRICS.get(m).check
+        if check is not None:
+            try:
+                check(resolved["data"])
+            except ConfigError as e:
+                raise SuiteError(f"{where}: {e}") from None
     if train["parallel"] != "none":
         serial = [m for m in metrics if not METRICS.get(m).distributed]
         if serial:

@@ -1,7 +1,7 @@
 """Results rows -> the tables behind every view (dashboard, report, compare).
 
 Pure pandas, no plotting: ``figures.py`` turns these tables into plotly figures, ``report.py``
-into markdown/LaTeX, ``dashboard/app.py`` into a page. Columns are read defensively (the schema
+into markdown/LaTeX, ``dashboard_app.py`` into a page. Columns are read defensively (the schema
 grows; older files lack newer columns), so every function accepts any frame ``results.load``
 returns, an empty one included.
 

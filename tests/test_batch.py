@@ -80,3 +80,103 @@ def test_real_trials_in_child_processes_and_forced_oom_is_a_trial(tmp_path: Path
     assert oom["status"] == "ok" and [t["size"] for t in oom["search_trial_list"]] == [4, 2, 1]
     assert list(oom["search_trial_list"][-1].values()) == [1, False, None, "oom"]
     assert pd.isna(oom["max_batch_size"])
+
+
+# --- a budget that falls between two sizes (real trials, CPU high-water mark) --------------
+
+PROBE = """
+name: {name}
+defaults:
+  model: {{vocab_size: 256, d_model: 128, n_heads: 4, max_seq_len: 256, n_layers: 4}}
+  data: {{batch_size: 2, seq_len: 256}}
+  train: {{device: cpu, threads: 1}}
+measure: {{budget: {budget}, headroom: 0.05, timeout_s: 300, warmup: 0, steps: 1}}
+cases:
+{cases}
+metrics: [throughput_at_max_batch]
+"""
+
+
+def _run(tmp_path: Path, name: str, budget: str, cases: str) -> pd.DataFrame:
+    suite = tmp_path / f"{name}.yaml"
+    suite.write_text(textwrap.dedent(PROBE).format(name=name, budget=budget, cases=cases))
+    assert main(["run", str(suite), "--out", str(tmp_path / name), "--quiet"]) == 0
+    return results.load(tmp_path / name).set_index("case")
+
+
+def test_a_budget_between_two_sizes_reports_the_lower_one(tmp_path: Path) -> None:
+    # 1. the footprint at batch 2 and 3, and at sequence length 128 and 192 (batch 2): a
+    #    search capped there under a large budget runs one trial, at the cap
+    probe = _run(
+        tmp_path,
+        "probe",
+        "8GiB",
+        "  - {name: b2, max_size: 2}\n  - {name: b3, max_size: 3}\n"
+        "  - {name: s128, search: seq_len, max_size: 128}\n"
+        "  - {name: s192, search: seq_len, max_size: 192}",
+    )
+    peak = {c: probe.loc[c, "search_trial_list"][-1]["peak_bytes"] for c in probe.index}
+    assert peak["b3"] > peak["b2"] and peak["s192"] > peak["s128"], peak
+    # 2. budgets whose usable part (less the 5% headroom) lies halfway between
+    batch_budget = int((peak["b2"] + peak["b3"]) / 2 / 0.95)
+    seq_budget = int((peak["s128"] + peak["s192"]) / 2 / 0.95)
+    df = _run(
+        tmp_path,
+        "between",
+        "8GiB",
+        f"  - {{name: batch, max_size: 16, budget: {batch_budget}B}}\n"
+        f"  - {{name: seq, search: seq_len, max_size: 256, budget: {seq_budget}B}}",
+    )
+    row = df.loc["batch"]
+    trials = {t["size"]: t for t in row["search_trial_list"]}
+    assert row["max_batch_size"] == 2 and not row["search_capped"], trials
+    assert trials[2]["fits"] and not trials[3]["fits"]  # the answer is bracketed by trials
+    assert row["budget_bytes"] == batch_budget
+    # throughput_at_max_batch then times the case at that batch
+    assert row["max_batch_tokens_per_s"] > 0 and row["max_batch_step_time_s_median"] > 0
+    assert row["max_batch_samples_per_s"] == pytest.approx(
+        row["max_batch_tokens_per_s"] / 256, rel=1e-9
+    )
+    seq = df.loc["seq"]
+    seq_trials = {t["size"]: t for t in seq["search_trial_list"]}
+    best = seq["max_seq_len"]
+    assert 128 <= best < 192, seq_trials
+    assert seq_trials[best]["fits"] and not seq_trials[best + 1]["fits"]
+    limit = seq_budget * 0.95
+    for t in seq["search_trial_list"]:  # a trial fits exactly when its footprint is in budget
+        assert t["fits"] == (t["peak_bytes"] <= limit), t
+    assert pd.isna(seq["max_batch_tokens_per_s"])  # a sequence search has no batch to time
+
+
+def test_repeats_median_row_unstable_flag_and_reconstruction_through_the_runner(
+    tmp_path: Path,
+) -> None:
+    suite = tmp_path / "rep.yaml"
+    suite.write_text(
+        textwrap.dedent("""
+        name: rep
+        defaults:
+          model: {vocab_size: 64, d_model: 32, n_heads: 2, max_seq_len: 16, n_layers: 3,
+                  arch: midpoint}
+          data: {batch_size: 2, seq_len: 16}
+          train: {device: cpu, threads: 1, dtype: float64}
+        measure: {warmup: 0, steps: 2, repeats: 3, unstable_spread: 1.0e-9, timeout_s: 120}
+        cases:
+          - {name: mid}
+        metrics: [throughput, reconstruction]
+        """)
+    )
+    assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--quiet"]) == 0
+    df = results.load(tmp_path / "r").set_index("repeat").sort_index()
+    assert list(df.index) == [-1, 0, 1, 2]
+    reps, med = df.loc[[0, 1, 2]], df.loc[-1]
+    times = reps["step_time_s_median"]
+    assert med["step_time_s_median"] == times.median()
+    assert med["repeats_in_median"] == 3
+    spread = (times.max() - times.min()) / times.median()
+    assert med["step_time_spread"] == pytest.approx(spread) and spread > 1e-9
+    assert med["unstable"]  # any spread exceeds 1e-9
+    assert reps["unstable"].isna().all()  # only the median row carries the flag
+    # reconstruction: float64 midpoint rebuilds its states and gradients to rounding error
+    for _, r in df.iterrows():
+        assert r["status"] == "ok" and r["grad_rel_err"] < 1e-10, r["grad_rel_err"]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import require, require_module
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("safetensors")
+transformers = require_module("transformers")
+require("safetensors")
 
 from revbench.cli import main  # noqa: E402
 from revbench.convert import ConvertConfig, convert  # noqa: E402

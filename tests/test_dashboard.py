@@ -7,14 +7,16 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import require
 
-pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest
+require("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from revbench.dashboard import command
+from revbench.dashboard import APP as PACKAGED_APP  # noqa: E402
+from revbench.dashboard import command  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-APP = str(ROOT / "dashboard" / "app.py")
+APP = str(PACKAGED_APP)
 FIXTURES = ROOT / "tests" / "fixtures" / "results"
 VIEWS = [
     "Trade-off",
@@ -132,6 +134,18 @@ def test_empty_results_show_a_message(monkeypatch: pytest.MonkeyPatch, tmp_path:
     assert "No results in" in texts(at)
     at = run_app(monkeypatch, tmp_path / "missing")
     assert "No results folder" in texts(at)
+
+
+def test_checkout_entry_runs_the_packaged_app(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``streamlit run dashboard/app.py`` (the checkout's thin entry) draws the package's app."""
+    assert str(PACKAGED_APP) in command("results")  # what `revbench dashboard` serves
+    monkeypatch.setenv("REVBENCH_RESULTS", str(tmp_path))
+    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "No results in" in texts(at)
 
 
 def test_corrupt_parquet_is_a_warning(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

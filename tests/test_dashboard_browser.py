@@ -7,10 +7,9 @@ skipped without them except in CI. The screenshot is left in pytest's tmp dir as
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
-import pytest
+from conftest import require, require_program
 
 from revbench import dashboard
 
@@ -28,10 +27,8 @@ EXPECT = {  # tab -> what must be visible in it
 
 
 def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
-    if not os.environ.get("CI"):
-        pytest.importorskip("playwright")
-        if not shutil.which(CHROMIUM):
-            pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium)")
+    require("playwright")
+    require_program(CHROMIUM, hint="apt-get install chromium, or set REVBENCH_CHROMIUM")
     from playwright.sync_api import sync_playwright
 
     port = dashboard.free_port()

@@ -229,8 +229,13 @@ def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch
 
 
 def _is_case(proc: psutil.Process) -> bool:
+    """A case process: started as ``python -m revbench.child``, or forked by the warm zygote
+    (``python -m revbench.zygote``, whose command line it inherits)."""
     try:
-        return "revbench.child" in proc.cmdline()
+        if "revbench.child" in proc.cmdline():
+            return True
+        parent = proc.parent()
+        return parent is not None and "revbench.zygote" in parent.cmdline()
     except psutil.Error:  # ended meanwhile (the git call that reads the commit)
         return False
 
@@ -255,3 +260,132 @@ def test_sigterm_stops_the_run_and_its_case_processes(tmp_path: Path) -> None:
     assert "interrupted; finished case runs are saved (use --resume)" in err
     gone, alive = psutil.wait_procs(children, timeout=10)
     assert not alive
+
+
+# --- what reaches Ray and Slurm: stand-ins that record every call ----------------------------
+
+ONE = SUITE.replace("name: spread", "name: standin").replace(
+    "  - {name: mid, arch: midpoint}\n  - {name: broken, arch: leapfrog, fault: error}\n", ""
+)
+
+
+class _FakeRay:
+    """``ray`` as RayExecutor uses it; a task runs (in this process) when its result is got."""
+
+    class exceptions:  # ray.exceptions.RayError
+        class RayError(Exception):
+            pass
+
+    def __init__(self) -> None:
+        self.options: list[dict[str, object]] = []
+
+    def is_initialized(self) -> bool:
+        return True  # joined, not owned: close() must leave it alone
+
+    def init(self, **kw: object) -> None:
+        raise AssertionError("the executor started a Ray instance although one was running")
+
+    def cluster_resources(self) -> dict[str, float]:
+        return {"CPU": 8.0, "H100": 2.0}
+
+    def nodes(self) -> list[dict[str, object]]:
+        return [{"Alive": True, "Resources": {"CPU": 8.0, "H100": 2.0}}]
+
+    def remote(self, fn):  # type: ignore[no-untyped-def]
+        ray = self
+
+        class Task:
+            def options(self, **kw: object) -> Task:
+                ray.options.append(kw)
+                return self
+
+            def remote(self, arg: object) -> object:
+                return lambda: fn(arg)
+
+        return Task()
+
+    def wait(self, refs: list, num_returns: int = 1) -> tuple[list, list]:  # type: ignore[type-arg]
+        return refs[:num_returns], refs[num_returns:]
+
+    def get(self, ref):  # type: ignore[no-untyped-def]
+        return ref()
+
+    def cancel(self, ref: object, force: bool = False) -> None:
+        pass
+
+
+def test_retries_and_resources_reach_the_ray_task_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    suite = write(tmp_path, ONE.replace("metrics:", "resources: {CPU: 2}\nmetrics:"))
+    out = tmp_path / "res"
+    args = ["run", str(suite), "--out", str(out), "--executor", "ray", "--quiet"]
+    assert main([*args, "--retries", "3", "--resources", "H100=1,GPU=0"]) == 0
+    assert len(fake.options) == 1
+    opts = fake.options[0]
+    assert opts["max_retries"] == 3 and opts["retry_exceptions"] is False
+    assert opts["resources"] == {"H100": 1.0}
+    assert opts["num_cpus"] == 2.0 and opts["num_gpus"] == 0.0
+    assert list(results.load(out)["status"]) == ["ok"]  # the task's outcome became the row
+
+
+class _FakeSubmitit:
+    """``submitit`` as SlurmExecutor uses it; a job runs when its result is asked for."""
+
+    def __init__(self) -> None:
+        self.executors: list[dict[str, object]] = []
+
+    def AutoExecutor(self, folder: Path, cluster: str) -> object:
+        record: dict[str, object] = {"folder": folder, "cluster": cluster}
+        self.executors.append(record)
+
+        class Job:
+            job_id = "42"
+
+            def __init__(self, fn, arg) -> None:  # type: ignore[no-untyped-def]
+                self.fn, self.arg = fn, arg
+
+            def done(self) -> bool:
+                return True
+
+            def result(self) -> object:
+                return self.fn(self.arg)
+
+            def cancel(self, check: bool = True) -> None:
+                pass
+
+        class Executor:
+            def update_parameters(self, **params: object) -> None:
+                record.update(params)
+
+            def submit(self, fn, arg) -> Job:  # type: ignore[no-untyped-def]
+                return Job(fn, arg)
+
+        return Executor()
+
+
+def test_slurm_parameters_from_the_suite_and_command_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import revbench.executors.slurm as slurm
+
+    fake = _FakeSubmitit()
+    monkeypatch.setitem(sys.modules, "submitit", fake)
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: f"/usr/bin/{name}")
+    text = ONE.replace("timeout_s: 120", "timeout_s: 150").replace(
+        "metrics:", "resources: {CPU: 3, A100: 1}\nmetrics:"
+    )
+    out = tmp_path / "res"
+    args = ["run", str(write(tmp_path, text)), "--out", str(out), "--executor", "slurm"]
+    assert main([*args, "--partition", "gpu", "--resources", "H100=1,GPU=2", "--quiet"]) == 0
+    (params,) = fake.executors
+    assert params["cluster"] == "slurm" and params["folder"] == out / ".submitit" / "%j"
+    assert params["timeout_min"] == 4  # ceil(150 s / 60) + 1
+    assert params["cpus_per_task"] == 3 and params["gpus_per_node"] == 2
+    assert params["nodes"] == 1 and params["tasks_per_node"] == 1
+    assert params["slurm_partition"] == "gpu"
+    assert params["slurm_constraint"] == "A100&H100"
+    assert params["name"] == "revbench-standin"
+    assert list(results.load(out)["status"]) == ["ok"]

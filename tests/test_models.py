@@ -93,9 +93,14 @@ def test_checkpointed_baseline_grads_equal_plain() -> None:
     grads = {}
     for ckpt in (False, True):
         model = tiny("baseline", dtype=torch.float64, n_layers=3, dropout=0.1, checkpointing=ckpt)
+        calls: list[int] = []
+        for b in model.blocks:
+            b.register_forward_pre_hook(lambda *_, c=calls: c.append(1))
         torch.manual_seed(0)
         model(batch(), labels=batch()).loss.backward()
         grads[ckpt] = [p.grad for p in model.parameters()]
+        # the checkpointed path really ran: each block entered once forward, again in backward
+        assert len(calls) == (6 if ckpt else 3), (ckpt, len(calls))
     for a, b in zip(grads[True], grads[False], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-15)
 

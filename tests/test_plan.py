@@ -212,7 +212,7 @@ def test_guided_search_is_exact_in_few_trials_when_the_prediction_is_close(error
 def test_plan_command_prints_every_case_and_refuses_unknown_gpus(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    suite = str(Path(__file__).parent.parent / "suites" / "quickstart.yaml")
+    suite = str(Path(__file__).parent.parent / "revbench" / "suites" / "quickstart.yaml")
     assert main(["plan", suite, "--gpu", "H100-80GB,A100-40GB", "--memory", "1GiB"]) == 0
     out = capsys.readouterr().out
     assert "max batch H100-80GB" in out.replace("\n", " ") or "H100-80GB" in out

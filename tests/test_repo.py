@@ -29,6 +29,19 @@ def test_readme_suite_example_is_the_shipped_quickstart() -> None:
     readme = (ROOT / "README.md").read_text()
     start = readme.index("```yaml\nname: quickstart") + len("```yaml\n")
     example = yaml.safe_load(readme[start : readme.index("```", start)])
-    shipped = yaml.safe_load((ROOT / "suites" / "quickstart.yaml").read_text())
+    shipped = yaml.safe_load((ROOT / "revbench" / "suites" / "quickstart.yaml").read_text())
     example.pop("description"), shipped.pop("description")
-    assert example == shipped, "README's suite example drifted from suites/quickstart.yaml"
+    assert example == shipped, "README's suite example drifted from revbench/suites/quickstart.yaml"
+
+
+def test_cited_notes_are_in_the_project() -> None:
+    """Code and docs cite docs/measurement.md, never notes that live outside the repository."""
+    assert (ROOT / "docs" / "measurement.md").is_file()
+    outside = "MEASUREMENT" + "-NOTES"  # the development notes' name, not spelled out here
+    cited = 0
+    for pattern in ("README.md", "revbench/**/*.py", "tests/*.py", "benchmarks/**/*.py"):
+        for path in ROOT.glob(pattern):
+            text = path.read_text(encoding="utf-8")
+            assert outside not in text, f"{path} cites notes outside the project"
+            cited += "docs/measurement.md" in text
+    assert cited >= 4

@@ -48,8 +48,10 @@ def test_write_then_load_round_trip_with_types(tmp_path: Path) -> None:
     )
     df = results.load(tmp_path)
     assert list(df["case"]) == ["c", "d"]
-    assert df["peak_mem_bytes"].dtype == "Int64" or pd.isna(df.loc[1, "peak_mem_bytes"])
-    assert df.loc[0, "peak_mem_bytes"] == 123
+    # a null metric stays null (not 0), a value comes back exactly, in the schema's int64 column
+    assert pd.isna(df.loc[1, "peak_mem_bytes"]) and df.loc[1, "error"] == "boom"
+    assert df.loc[0, "peak_mem_bytes"] == 123 and pd.isna(df.loc[0, "error"])
+    assert pq.read_schema(tmp_path / "s" / "b.parquet").field("peak_mem_bytes").type == pa.int64()
     assert list(tmp_path.joinpath("s").iterdir()) != []
     assert not [p for p in tmp_path.rglob(".*")]  # no temp files left behind
 
@@ -58,6 +60,42 @@ def test_write_rejects_columns_outside_the_schema(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="outside schema"):
         results.write_row(row(peak_memory_gb=1.0), tmp_path / "x.parquet")
     assert not list(tmp_path.iterdir())
+
+
+def _torn_writer(real):  # type: ignore[no-untyped-def]
+    """pq.write_table that writes half of the real file's bytes, then fails (disk full)."""
+
+    def write(table: pa.Table, where: object, **kw: object) -> None:
+        sink = pa.BufferOutputStream()
+        real(table, sink, **kw)
+        data = sink.getvalue().to_pybytes()
+        where.write(data[: len(data) // 2])  # type: ignore[attr-defined]
+        where.flush()  # type: ignore[attr-defined]
+        raise OSError(28, "No space left on device")
+
+    return write
+
+
+def test_a_write_failing_halfway_leaves_the_old_state_never_a_torn_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    folder = tmp_path / "s"
+    results.write_row(row(case="old"), folder / "a.parquet")
+    monkeypatch.setattr(results.pq, "write_table", _torn_writer(pq.write_table))
+    with pytest.raises(OSError, match="No space"):
+        results.write_row(row(case="new"), folder / "a.parquet")  # replacing a row
+    with pytest.raises(OSError, match="No space"):
+        results.write_row(row(case="new"), folder / "b.parquet")  # a new row
+    monkeypatch.undo()
+    assert sorted(p.name for p in folder.iterdir()) == ["a.parquet"]  # no temp file, no b
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a damaged file would be a ResultsWarning
+        df = results.load(tmp_path)
+    assert list(df["case"]) == ["old"]
+    results.write_row(row(case="new"), folder / "a.parquet")  # and a whole write replaces it
+    assert list(results.load(tmp_path)["case"]) == ["new"]
 
 
 def test_load_skips_corrupt_and_foreign_files_with_a_warning(tmp_path: Path) -> None:

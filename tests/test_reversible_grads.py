@@ -120,11 +120,21 @@ def test_all_blocks_frozen_still_trains_embedding() -> None:
         assert rel(grads_r[n], grads_p[n]) < 1e-10, n
 
 
-def test_no_grad_and_eval_use_the_plain_path() -> None:
+def test_no_grad_and_eval_use_the_plain_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from revbench.models.reversible import ReversibleFunction
+
+    calls: list[int] = []
+    real = ReversibleFunction.apply
+    monkeypatch.setattr(
+        ReversibleFunction, "apply", lambda *a: calls.append(1) or real(*a), raising=True
+    )
     model = tiny_model("midpoint", n_layers=2)
     ids = batch()
+    model(ids)
+    assert calls == [1]  # with grad: the Function (the spy sees it) ...
     with torch.no_grad():
         out = model(ids)
+    assert calls == [1], "no_grad ran the reversible Function"  # ... without: the plain steps
     assert out.logits.grad_fn is None and out.loss is None and out.aux_loss is None
     model.eval()
     with torch.inference_mode():

@@ -163,3 +163,80 @@ def test_saved_bytes_revffn_flat_moe_linear_checkpointing_between() -> None:
     assert rev[1] == rev[0]
     assert ckpt[1] - ckpt[0] == 4 * 4 * 64 * 32 * 4  # one fp32 (B, T, C) block input per layer
     assert moe[0] > ckpt[0] > rev[0]
+
+
+# --- the block's equations, written out from the paper (Liu et al. 2025) -------------------
+
+
+def _ln(x: torch.Tensor, norm: torch.nn.Module, eps: float) -> torch.Tensor:
+    mu = x.mean(-1, keepdim=True)
+    var = ((x - mu) ** 2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * norm.weight + norm.bias
+
+
+def _attn(q_in: torch.Tensor, kv_in: torch.Tensor, attn: torch.nn.Module, nh: int) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(hs) + causal mask) V, heads merged, output projection."""
+    B, T, C = q_in.shape
+    W, b = attn.qkv.weight, attn.qkv.bias
+    q = q_in @ W[:C].T + b[:C]
+    k = kv_in @ W[C : 2 * C].T + b[C : 2 * C]
+    v = kv_in @ W[2 * C :].T + b[2 * C :]
+    hs = C // nh
+    q, k, v = (t.reshape(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+    scores = q @ k.transpose(-1, -2) / hs**0.5  # (B, nh, T, T)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    weights = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+    y = (weights @ v).transpose(1, 2).reshape(B, T, C)
+    return y @ attn.proj.weight.T + attn.proj.bias
+
+
+def _gelu_mlp(z: torch.Tensor, mlp: torch.nn.Module) -> torch.Tensor:
+    h = z @ mlp.fc.weight.T + mlp.fc.bias
+    h = 0.5 * h * (1 + torch.erf(h / 2**0.5))
+    return h @ mlp.proj.weight.T + mlp.proj.bias
+
+
+def reference_stack(m: RevFFNLM, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """X1, X2 (and A) after every layer, from
+
+        Y1 = X1 + P1(Attn(q: N1(U1(X1 or X2)), k, v: N1(U2(X2))))
+        Y2 = X2 + P2(FFN(N2(U3(Y1))))      A += aux (MoE)
+
+    with attention, LayerNorm and the GELU MLP written out here (the MoE, when there is one,
+    is the block's own module: the coupling is under test, not the router)."""
+    cfg = m.config
+    x1, x2 = h[..., : cfg.d_model // 2], h[..., cfg.d_model // 2 :]
+    a = h.new_zeros(())
+    for blk in m.blocks:
+        q_in = x1 if cfg.revffn_query == "x1" else x2
+        q = _ln(q_in @ blk.q_up.weight.T, blk.n1, cfg.norm_eps)
+        kv = _ln(x2 @ blk.kv_up.weight.T, blk.n1, cfg.norm_eps)
+        y1 = x1 + _attn(q, kv, blk.attn, cfg.n_heads) @ blk.attn_out_proj.weight.T
+        z = _ln(y1 @ blk.ffn_up.weight.T, blk.n2, cfg.norm_eps)
+        if cfg.n_experts:
+            out, aux = blk.ffn(z)
+            a = a + aux
+        else:
+            out = _gelu_mlp(z, blk.ffn)
+        y2 = x2 + out @ blk.ffn_out_proj.weight.T
+        x1, x2 = y1, y2
+    return (x1, x2, a) if cfg.n_experts else (x1, x2)
+
+
+@pytest.mark.parametrize("query", ["x1", "x2"])
+@pytest.mark.parametrize("experts", [0, 4])
+@pytest.mark.parametrize("grad", [False, True], ids=["plain-path", "function"])
+def test_forward_follows_the_papers_equations(query: str, experts: int, grad: bool) -> None:
+    m = model(revffn_query=query, n_experts=experts)
+    with torch.no_grad():  # biases and norm scales away from 0 and 1, so each one shows
+        for n, p in m.named_parameters():
+            if p.dim() == 1:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(n))))
+    h = torch.randn(2, 12, TINY["d_model"], dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        got = m.run_stack(h)  # with grad: the reversible Function's forward
+    with torch.no_grad():
+        want = reference_stack(m, h)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g.detach(), w, rtol=1e-12, atol=1e-12)

@@ -12,8 +12,8 @@
 #      suite),
 #   2. benchmarks/gpu/max_batch_budget.yaml (GPT-2-small max batch, baseline vs midpoint, under
 #      an emulated 8 GiB budget, then throughput at each one's max batch),
-#   3. suites/gpu_validation.yaml (depth sweep at d_model 512, 16 and 32 layers, bf16; MoE and
-#      RevFFN at half Qwen1.5-MoE width: peak memory and throughput) in the time left.
+#   3. revbench/suites/gpu_validation.yaml (depth sweep at d_model 512, 16 and 32 layers, bf16;
+#      MoE and RevFFN at half Qwen1.5-MoE width: peak memory and throughput) in the time left.
 # A stage that fails or runs out of time is recorded and the next one still runs; finished rows
 # are kept (every row is written atomically as it completes).
 #
@@ -133,7 +133,7 @@ torch.__version__, '| CUDA', torch.version.cuda, '| cuda available', torch.cuda.
 say "environment: $(sed -n 2p "$WORK/env.txt")"
 
 # --- stages --------------------------------------------------------------------------------
-SUITE=$ROOT/suites/gpu_validation.yaml
+SUITE=$ROOT/revbench/suites/gpu_validation.yaml
 MAX_BATCH=$ROOT/benchmarks/gpu/max_batch_budget.yaml
 DOCTOR=(--quick)
 [ $FULL_DOCTOR -eq 1 ] && DOCTOR=()

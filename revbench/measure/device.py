@@ -39,23 +39,29 @@ def cpu_model() -> str:
 
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
-    """Commit of the revbench source tree (``+dirty`` when it has local changes), if in git."""
+    """Commit of the revbench source tree (``+dirty`` when it has local changes), if in git.
+
+    Only a checkout's own commit: an installed revbench whose site-packages happens to sit
+    inside some other repository (a project's ``.venv``) has none.
+    """
     root = Path(revbench.__file__).resolve().parent.parent
     try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"],
+        top, head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--show-toplevel", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
             check=True,
-        ).stdout.strip()
+        ).stdout.splitlines()
+        if Path(top).resolve() != root:
+            return None
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--", "revbench"],
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, subprocess.SubprocessError, ValueError):
         return None
     return head + ("+dirty" if dirty else "")
 

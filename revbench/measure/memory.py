@@ -1,6 +1,6 @@
 """Memory trackers: tensors saved for backward, and the process's resident-set high-water mark.
 
-Two figures, because on CPU neither alone is the truth (MEASUREMENT-NOTES.md):
+Two figures, because on CPU neither alone is the truth (docs/measurement.md):
 
 * ``SavedTensors`` counts the bytes autograd keeps between forward and backward, storage by
   storage: the activation memory a scheme is responsible for, free of allocator effects.

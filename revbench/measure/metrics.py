@@ -2,7 +2,7 @@
 
 A metric runs in its own child process (the runner decides that; see runner.py), because memory
 and time must not be measured in one process: on CPU the memory process forces large
-allocations onto mmap so freed tensors leave the high-water mark (MEASUREMENT-NOTES.md), which
+allocations onto mmap so freed tensors leave the high-water mark (docs/measurement.md), which
 slows the step by ~50% and would spoil a timing.
 """
 
@@ -47,6 +47,9 @@ class Metric:
     turns the ranks' columns into the case's with ``combine``."""
     combine: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     """Distributed metrics: the case's columns from every rank's (in rank order)."""
+    check: Callable[[dict[str, Any]], None] | None = None
+    """Suite-time check of a case's resolved ``data`` section; raises a one-line ConfigError
+    naming the setting."""
 
 
 METRICS: Registry[Metric] = Registry("metric")
@@ -278,4 +281,33 @@ METRICS.add(
     Metric(_accuracy_columns(), _measure_accuracy),
     "data.task trained for train_steps (from scratch, pretrained or converted), then held-out "
     "accuracy or perplexity with a 95% interval",
+)
+
+
+# --- lm_eval ---------------------------------------------------------------------------------
+
+
+def _measure_lm_eval(case: Case) -> dict[str, Any]:
+    from revbench.tasks.harness import measure_lm_eval
+
+    return measure_lm_eval(case)
+
+
+def _check_lm_eval(data: dict[str, Any]) -> None:
+    from revbench.tasks.harness import check_settings
+
+    check_settings(data)
+
+
+def _lm_eval_columns() -> tuple[Column, ...]:
+    from revbench.tasks.harness import COLUMNS
+
+    return COLUMNS
+
+
+METRICS.add(
+    "lm_eval",
+    Metric(_lm_eval_columns(), _measure_lm_eval, check=_check_lm_eval),
+    "data.lm_eval_task scored by lm-evaluation-harness on the case's model (pretrained or "
+    "converted, no training): data.lm_eval_metric with lm-eval's stderr, every metric as JSON",
 )

@@ -57,7 +57,7 @@ On 2 CPU cores the step time is the same either way (d_model 256: 765 vs 764 ms)
 all-reduce competes with compute for the cores; the overlap pays where communication runs beside
 compute (NCCL on GPUs).
 
-``suites/parallel.yaml`` on 2 CPU processes (gloo, 1 thread each; GPT-2 blocks, 8 layers,
+``revbench/suites/parallel.yaml`` on 2 CPU processes (gloo, 1 thread each; GPT-2 blocks, 8 layers,
 d_model 128, batch 8 x 128 per rank, AdamW, float32). Per-rank training footprint
 (``peak_mem_delta_bytes``, the larger rank's), activations, and median step time:
 

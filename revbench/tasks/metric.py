@@ -17,7 +17,10 @@ from revbench.errors import ConfigError
 from revbench.results import Column
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from revbench.suite import Case
+    from revbench.tasks.text import Tokenizer
 
 COLUMNS = (
     Column("task", pa.string(), "", "accuracy: the registered task that was run"),
@@ -56,25 +59,14 @@ def _task_config(case: Case) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def measure_accuracy(case: Case) -> dict[str, Any]:
-    import torch
-
-    from revbench.measure.step import resolve_device
+def case_model(case: Case, tokenizer: Tokenizer | None) -> tuple[nn.Module, dict[str, Any]]:
+    """The case's model (module docstring: its own, pretrained, or converted by distillation
+    with ``tokenizer``) and the conversion's columns; the caller seeds and places it."""
     from revbench.models import ModelConfig, build_model
     from revbench.models.config import is_reversible
-    from revbench.tasks import TaskContext, build_task
-    from revbench.tasks.text import get_tokenizer
 
     data, tr = case.data, case.train
-    if not data["task"]:
-        raise ConfigError("metric 'accuracy' needs data.task (revbench list shows the tasks)")
-    torch.manual_seed(tr["seed"])
-    if tr["threads"]:
-        torch.set_num_threads(tr["threads"])
-    device = resolve_device(tr["device"])
-    task = build_task(data["task"], **_task_config(case))
     pretrained = tr["pretrained"]
-    tokenizer = get_tokenizer(data["tokenizer"], pretrained) if task.needs_tokenizer else None
     row: dict[str, Any] = {}
     cfg = ModelConfig(**case.model)
     if pretrained and tr["distill_steps"] and is_reversible(cfg.arch):
@@ -113,6 +105,27 @@ def measure_accuracy(case: Case) -> dict[str, Any]:
             f"tokenizer has {tokenizer.vocab_size} tokens but vocab_size is "
             f"{model.config.vocab_size}; raise vocab_size (byte tokenizer: 256)"
         )
+    return model, row
+
+
+def measure_accuracy(case: Case) -> dict[str, Any]:
+    import torch
+
+    from revbench.measure.step import resolve_device
+    from revbench.tasks import TaskContext, build_task
+    from revbench.tasks.text import get_tokenizer
+
+    data, tr = case.data, case.train
+    if not data["task"]:
+        raise ConfigError("metric 'accuracy' needs data.task (revbench list shows the tasks)")
+    torch.manual_seed(tr["seed"])
+    if tr["threads"]:
+        torch.set_num_threads(tr["threads"])
+    device = resolve_device(tr["device"])
+    task = build_task(data["task"], **_task_config(case))
+    pretrained = tr["pretrained"]
+    tokenizer = get_tokenizer(data["tokenizer"], pretrained) if task.needs_tokenizer else None
+    model, row = case_model(case, tokenizer)
     model = model.to(device)
     ctx = TaskContext(
         model=model,
