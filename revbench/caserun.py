@@ -138,7 +138,7 @@ def warm_processes(on: bool, cases: Iterable[Case] = ()) -> Iterator[None]:
     _WARM["on"] = on
     try:
         if _warm_enabled():
-            forked = {m for c in cases if c.train["parallel"] == "none" for m in c.metrics}
+            forked = {m for c in cases if c.train.parallel == "none" for m in c.metrics}
             for metric in sorted(forked):
                 zygote_for(_child_env(metric)).start()
         yield
