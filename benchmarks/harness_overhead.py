@@ -23,7 +23,6 @@ timing and moves with what else runs.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import statistics
@@ -106,9 +105,7 @@ def _trial_overhead(repeats: int) -> list[tuple[str, int, float, float]]:
                 trials = list(row.search_trial_list)
                 inside = 0.0
                 for trial in trials:
-                    variant = dataclasses.replace(
-                        case, data={**case.data, "batch_size": int(trial["size"])}
-                    )
+                    variant = case.with_settings(batch_size=int(trial["size"]))
                     t = time.perf_counter()
                     measure_trial(variant)
                     inside += time.perf_counter() - t

@@ -54,10 +54,10 @@ def child_command(case: Case, metric: str, case_file: Path, out: Path) -> list[s
     """The command measuring ``metric`` of ``case``: one process, or torchrun for a parallel
     case (its ranks each run the same child module; rank 0 writes ``out``)."""
     child = ["-m", "revbench.child", str(case_file), metric, str(out)]
-    if case.train["parallel"] == "none":
+    if case.train.parallel == "none":
         return [sys.executable, *child]
     # --standalone: a rendezvous on a free local port, so cases can share a node.
-    nproc = f"--nproc-per-node={case.train['nproc_per_node']}"
+    nproc = f"--nproc-per-node={case.train.nproc_per_node}"
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", nproc, *child]
 
 
@@ -83,7 +83,7 @@ def _run_child(
     cmd = child_command(case, metric, case_file, out)
     if timeout_s <= 0:
         return "timeout", f"{metric}: not started, case timeout reached", {}
-    if _warm_enabled() and case.train["parallel"] == "none":
+    if _warm_enabled() and case.train.parallel == "none":
         code = zygote_for(env).run(cmd[3:], log, env, timeout_s)  # argv after `-m revbench.child`
         if code is None:
             return "timeout", f"{metric}: timed out (measure.timeout_s)", {}
@@ -111,7 +111,7 @@ def _run_child(
         err = f"{metric}: {res['error']}" if res["error"] else None
         return res["status"], err, res["columns"]
     # No result: the process died (segfault, abort, the kernel's OOM killer sends SIGKILL).
-    died = _torchrun_root_cause(log) if case.train["parallel"] != "none" else None
+    died = _torchrun_root_cause(log) if case.train.parallel != "none" else None
     if died is not None:  # torchrun exits 1 whatever killed the rank it names first
         rank, rank_code = died
         status = "oom" if rank_code == -signal.SIGKILL else "error"
@@ -138,7 +138,7 @@ def warm_processes(on: bool, cases: Iterable[Case] = ()) -> Iterator[None]:
     _WARM["on"] = on
     try:
         if _warm_enabled():
-            forked = {m for c in cases if c.train["parallel"] == "none" for m in c.metrics}
+            forked = {m for c in cases if c.train.parallel == "none" for m in c.metrics}
             for metric in sorted(forked):
                 zygote_for(_child_env(metric)).start()
         yield
@@ -178,11 +178,11 @@ def _row(
         "run_id": run_id,
         "timestamp_utc": dt.datetime.now(dt.timezone.utc),
         "wall_time_s": wall_time_s,
-        "seed": case.train["seed"],
+        "seed": case.train.seed,
         **host,
         **case.settings(),
         "metrics": ",".join(case.metrics),
-        "readout": scheme_readout(case.model["arch"], case.model.get("readout", "auto")),
+        "readout": scheme_readout(case.model.arch, case.model.readout),
         **columns,
         "status": status,
         "error": error,
@@ -192,7 +192,7 @@ def _row(
 def run_case(case: Case, repeat: int, *, run_id: str, host: dict[str, Any]) -> dict[str, Any]:
     """Measure every metric of ``case`` in fresh processes; returns the result row."""
     start = time.monotonic()
-    deadline = start + case.measure["timeout_s"]
+    deadline = start + case.measure.timeout_s
     status, error = "ok", None
     columns: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="revbench-case-") as tmp:

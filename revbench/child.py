@@ -57,12 +57,12 @@ def run(case_file: Path, metric: str) -> dict[str, Any]:
 
     case = Case.from_dict(json.loads(case_file.read_text()))
     try:
-        _cap_memory(case, resolve_device(case.train["device"]).type)
-        _inject(case.measure["fault"])
-        if case.train["parallel"] != "none":
+        _cap_memory(case, resolve_device(case.train.device).type)
+        _inject(case.measure.fault)
+        if case.train.parallel != "none":
             parallel.init(case)
         columns = METRICS.get(metric).measure(case)
-        columns.update(device_info(resolve_device(case.train["device"])))
+        columns.update(device_info(resolve_device(case.train.device)))
         return {"status": "ok", "error": None, "columns": columns}
     except (torch.OutOfMemoryError, MemoryError) as e:
         traceback.print_exc()
@@ -90,7 +90,7 @@ def _cap_memory(case: Any, device: str) -> None:
     fails with an ``oom`` row instead of taking the machine down."""
     from revbench.units import parse_bytes
 
-    cap = case.measure.get("memory_cap") or os.environ.get("REVBENCH_MEMORY_CAP")
+    cap = case.measure.memory_cap or os.environ.get("REVBENCH_MEMORY_CAP")
     if not cap or device != "cpu":
         return
     import resource
@@ -115,19 +115,17 @@ def _load_code(case: Any) -> None:
     loaded before the memory cap applies: under the cap, an import that fails half way can
     surface as a SystemError rather than a MemoryError. Best effort; a miniature that cannot be
     built is skipped."""
-    import dataclasses
     import gc
 
     from revbench.measure.step import build_train_step
 
-    heads = case.model["n_heads"]
-    model = {**case.model, "n_layers": 1, "d_model": 2 * heads, "d_ff": 0, "d_ff_shared": 0}
-    for key in ("a_layers",):
-        if model.get(key) is not None:
-            model[key] = model[key][:1]
-    data = {**case.data, "batch_size": 1, "seq_len": min(4, case.data["seq_len"])}
+    heads = case.model.n_heads
+    small = {"n_layers": 1, "d_model": 2 * heads, "d_ff": 0, "d_ff_shared": 0}
+    if case.model.a_layers is not None:
+        small["a_layers"] = case.model.a_layers[:1]
     try:
-        step = build_train_step(dataclasses.replace(case, model=model, data=data))
+        miniature = case.with_settings(**small, batch_size=1, seq_len=min(4, case.data.seq_len))
+        step = build_train_step(miniature)
         step()
         del step
     except Exception:  # warming only

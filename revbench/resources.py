@@ -76,9 +76,9 @@ class Resources:
         self, case: Case, *, gpus_available: bool
     ) -> tuple[float, float, dict[str, float]]:
         """(CPUs, GPUs, custom resources) one run of ``case`` asks for."""
-        nproc = case.train["nproc_per_node"]
-        device = case.train["device"]
+        nproc = case.train.nproc_per_node
+        device = case.train.device
         on_gpu = device == "cuda" or (device == "auto" and gpus_available)
-        cpus = self.cpus if self.cpus is not None else float(max(1, case.train["threads"]) * nproc)
+        cpus = self.cpus if self.cpus is not None else float(max(1, case.train.threads) * nproc)
         gpus = self.gpus if self.gpus is not None else float(nproc if on_gpu else 0)
         return cpus, gpus, dict(self.custom)

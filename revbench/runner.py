@@ -75,7 +75,7 @@ def plan(
         done = set(zip(ok["config_hash"], ok["repeat"].astype(int), strict=True))
     todo, skipped = [], 0
     for case in select(suite.cases, only):
-        for rep in range(case.measure["repeats"]):
+        for rep in range(case.measure.repeats):
             if (case.config_hash, rep) in done:
                 skipped += 1
             else:
@@ -237,7 +237,7 @@ def _run_locked(
             row = _save(row, folder / name)
             rows.append(row)
             remaining[case.config_hash] -= 1
-            if case.measure["repeats"] > 1 and remaining[case.config_hash] == 0:
+            if case.measure.repeats > 1 and remaining[case.config_hash] == 0:
                 _write_median(folder, case)
             if not quiet:
                 mark = "[green]ok[/]" if row["status"] == "ok" else f"[red]{row['status']}[/]"

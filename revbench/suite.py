@@ -300,9 +300,10 @@ def _resolve(
             TASKS.get(task)
         except ConfigError as e:
             raise SuiteError(f"{where}: data.task: {e}") from None
+    typed: dict[str, Any] = {}
     for section, cls in SECTIONS.items():
         try:
-            obj = cls(**sections[section])
+            obj = typed[section] = cls(**sections[section])
         except ValidationError as e:
             err = e.errors()[0]
             loc = _fmt_loc(err["loc"]) or section
@@ -366,7 +367,7 @@ def _resolve(
         check = METRICS.get(m).check
         if check is not None:
             try:
-                check(resolved["data"])
+                check(typed["data"])
             except ConfigError as e:
                 raise SuiteError(f"{where}: {e}") from None
     if train["parallel"] != "none":
@@ -377,16 +378,7 @@ def _resolve(
                 f"{where}: metric '{serial[0]}' does not run with parallel: "
                 f"{train['parallel']}; use {ok} or parallel: none"
             )
-    return Case(
-        suite,
-        name,
-        index,
-        resolved["model"],
-        resolved["data"],
-        resolved["train"],
-        resolved["measure"],
-        metrics,
-    )
+    return Case(suite, name, index, metrics=metrics, **typed)
 
 
 def _pretrained_model(where: str, source: str, explicit: dict[str, Any]) -> dict[str, Any]:

@@ -92,8 +92,8 @@ def test_suite_pretrained_case_converts_then_runs_the_task(
         "metrics: [accuracy]\n"
     )
     case = load_suite(path).cases[0]
-    assert case.model["d_model"] == 32 and case.model["n_kv_heads"] == 2
-    assert case.model["max_seq_len"] == 32
+    assert case.model.d_model == 32 and case.model.n_kv_heads == 2
+    assert case.model.max_seq_len == 32
     row = measure_accuracy(case)
     assert row["conversion_steps"] == 5 and row["kl_after_nats"] < row["kl_before_nats"]
     assert row["perplexity"] > 1 and row["original_perplexity"] > 1
@@ -172,7 +172,7 @@ def test_suite_on_an_moe_checkpoint_keeps_the_reference_and_distils_revffn_adapt
         "metrics: [accuracy]\n"
     )
     original, rev = load_suite(path).cases
-    assert original.model["norm_topk_prob"] is False and original.model["d_ff_shared"] == 64
+    assert original.model.norm_topk_prob is False and original.model.d_ff_shared == 64
     ref = measure_accuracy(original)
     assert ref["conversion_steps"] == 0 and ref["perplexity"] > 1
     row = measure_accuracy(rev)

@@ -164,9 +164,7 @@ def test_resources_block_defaults_and_overrides(tmp_path: Path) -> None:
     case = suite.cases[0]
     assert suite.resources == Resources(4.0, None, {"A100": 1.0})
     assert suite.resources.for_case(case, gpus_available=True) == (4.0, 0.0, {"A100": 1.0})
-    gpu_case = case.__class__.from_dict(
-        {**case.to_dict(), "train": {**case.train, "device": "auto", "nproc_per_node": 2}}
-    )
+    gpu_case = case.with_settings(device="auto", nproc_per_node=2)
     assert Resources().for_case(gpu_case, gpus_available=True) == (2.0, 2.0, {})
     assert Resources().for_case(gpu_case, gpus_available=False) == (2.0, 0.0, {})
     cli = Resources.parse({"GPU": 1, "H100": 1})

@@ -88,12 +88,12 @@ def test_kit_suites_validate_and_shrink(tmp_path: Path) -> None:
     gpu = load_suite(GPU_SUITE)
     batch = load_suite(KIT_DIR / "max_batch_budget.yaml")
     for suite in (gpu, batch):
-        assert {c.train["device"] for c in suite.cases} == {"cuda"}
-        assert {c.train["dtype"] for c in suite.cases} == {"bfloat16"}
-    depths = {c.model["n_layers"] for c in gpu.cases if c.model["d_model"] == 512}
+        assert {c.train.device for c in suite.cases} == {"cuda"}
+        assert {c.train.dtype for c in suite.cases} == {"bfloat16"}
+    depths = {c.model.n_layers for c in gpu.cases if c.model.d_model == 512}
     assert depths == {16, 32}
-    assert {c.model["arch"] for c in batch.cases} == {"baseline", "midpoint"}
-    assert batch.cases[0].measure["budget"] == "8GiB"
+    assert {c.model.arch for c in batch.cases} == {"baseline", "midpoint"}
+    assert batch.cases[0].measure.budget == "8GiB"
     for src in (GPU_SUITE, KIT_DIR / "max_batch_budget.yaml"):
         dst = tmp_path / src.name
         subprocess.run(
@@ -102,8 +102,8 @@ def test_kit_suites_validate_and_shrink(tmp_path: Path) -> None:
         )
         tiny = load_suite(dst)
         assert tiny.name.endswith("_tiny") and len(tiny.cases) <= 4
-        assert all(c.train["device"] == "cpu" and c.model["d_model"] <= 32 for c in tiny.cases)
-        assert all(c.model["n_layers"] <= 3 for c in tiny.cases)
+        assert all(c.train.device == "cpu" and c.model.d_model <= 32 for c in tiny.cases)
+        assert all(c.model.n_layers <= 3 for c in tiny.cases)
 
 
 def test_stamp_fills_only_missing_commits(tmp_path: Path) -> None:

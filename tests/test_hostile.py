@@ -514,7 +514,10 @@ def _real_row() -> dict[str, Any]:
     from revbench.case import Case
     from revbench.caserun import _row
 
-    case = Case("s", "c", 0, {"arch": "baseline"}, {}, {"seed": 0}, {"repeats": 1}, ("x",))
+    case = Case.from_dict(
+        {"suite": "s", "name": "c", "index": 0, "metrics": ["x"]}
+        | {"model": {}, "data": {}, "train": {"seed": 0}, "measure": {"repeats": 1}}
+    )
     row = _row(case, 0, run_id="r", host={}, status="ok", error=None, columns={}, wall_time_s=1.0)
     row = {k: v for k, v in row.items() if k in results.arrow_schema().names}
     row["timestamp_utc"] = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)

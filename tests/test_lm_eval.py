@@ -320,7 +320,7 @@ def test_lm_eval_settings_are_validated(tmp_path: Path) -> None:
         _suite_file(tmp_path, f"defaults:\n  data: {{lm_eval_task: t, lm_eval_include: {TASKS}}}\n")
     )
     (case,) = suite.cases
-    assert case.data["lm_eval_include"] == str(TASKS) and case.data["lm_eval_limit"] is None
+    assert case.data.lm_eval_include == str(TASKS) and case.data.lm_eval_limit is None
 
 
 def test_unknown_task_and_metric_name_their_setting() -> None:

@@ -10,7 +10,6 @@ to rounding: relative error per parameter below 1e-12 (seen: ~1e-16).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -73,7 +72,7 @@ def _grads(case: Case) -> dict[str, torch.Tensor]:
     ``"grads_per_block"``: whether the reversible trunk handed DDP its gradients block by block."""
     step = build_train_step(case)
     step.forward_backward()
-    if case.train["parallel"] == "fsdp":  # every block resharded after the step
+    if case.train.parallel == "fsdp":  # every block resharded after the step
         assert all(hasattr(p, "to_local") for p in step.model.parameters())
     out = {}
     for name, p in step.model.named_parameters():
@@ -120,10 +119,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict
 
 def _reference(case: Case) -> dict[str, torch.Tensor]:
     """One process, no wrapper, the ranks' batches together."""
-    single = dataclasses.replace(
-        case,
-        data={**case.data, "batch_size": case.data["batch_size"] * WORLD},
-        train={**case.train, "parallel": "none", "nproc_per_node": 1},
+    single = case.with_settings(
+        batch_size=case.data.batch_size * WORLD, parallel="none", nproc_per_node=1
     )
     return _grads(single)
 

@@ -7,7 +7,6 @@ see the package docstring for what each group proves and why.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import re
@@ -198,9 +197,7 @@ def budget_checks(device: Any, sizes: Sizes, ctx: Context) -> Iterator[Check]:
     case = load_suite(path).cases[0]
 
     def trial(budget: int | None) -> tuple[dict[str, Any], dict[str, Any]]:
-        variant = dataclasses.replace(
-            case, measure={**case.measure, "budget": None if budget is None else f"{budget}B"}
-        )
+        variant = case.with_settings(budget=None if budget is None else f"{budget}B")
         row = run_case(variant, 0, run_id=ctx.run_id, host=ctx.host)
         if row["status"] != "ok" or not row.get("search_trial_list"):
             raise RuntimeError(f"budget trial failed: {row['status']}: {row['error']}")

@@ -53,7 +53,7 @@ class SlurmExecutor:
         ex = self._submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)
         params: dict[str, Any] = {
             "name": f"revbench-{job.case.suite}",
-            "timeout_min": math.ceil(job.case.measure["timeout_s"] / 60) + 1,
+            "timeout_min": math.ceil(job.case.measure.timeout_s / 60) + 1,
             "cpus_per_task": max(1, math.ceil(cpus)),
             "gpus_per_node": math.ceil(gpus),
             "nodes": 1,

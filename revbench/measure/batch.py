@@ -232,9 +232,9 @@ def measure_trial(case: Case) -> dict[str, Any]:
     from revbench.measure.step import build_train_step, warm_runtime
 
     m = case.measure
-    device = resolve_device(case.train["device"])
+    device = resolve_device(case.train.device)
     budget = _budget(case, device)
-    limit = int(budget * (1 - m["headroom"]))
+    limit = int(budget * (1 - m.headroom))
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
@@ -244,7 +244,7 @@ def measure_trial(case: Case) -> dict[str, Any]:
         before = read_rss()
         reset_peak_rss()
     step = build_train_step(case)
-    for _ in range(m["trial_steps"]):
+    for _ in range(m.trial_steps):
         step()
     step.synchronize()
     peak = (
@@ -256,8 +256,8 @@ def measure_trial(case: Case) -> dict[str, Any]:
 
 
 def _budget(case: Case, device: Any) -> int:
-    if case.measure["budget"]:
-        return parse_bytes(case.measure["budget"])
+    if case.measure.budget:
+        return parse_bytes(case.measure.budget)
     if device.type == "cuda":
         import torch
 
@@ -269,14 +269,13 @@ def _budget(case: Case, device: Any) -> int:
 
 def search(case: Case, run_trial: Callable[[Case], Outcome]) -> Outcome:
     """Parent side: drive the search, one child process per trial (``run_trial``)."""
-    axis = case.measure["search"]
-    section = "data"
+    axis = case.measure.search
     budget: list[int] = []
     seen: list[dict[str, Any]] = []
     failures: list[tuple[str, str | None]] = []
 
     def try_size(size: int) -> Trial:
-        variant = dataclasses.replace(case, **{section: {**case.data, axis: size}})
+        variant = case.with_settings(**{axis: size})
         status, error, cols = run_trial(variant)
         if "budget_bytes" in cols:
             budget.append(cols["budget_bytes"])
@@ -288,10 +287,10 @@ def search(case: Case, run_trial: Callable[[Case], Outcome]) -> Outcome:
         fits = status == "ok" and bool(cols.get("trial_fits"))
         return Trial(size, fits, cols.get("trial_peak_bytes"), status)
 
-    cap = case.measure["max_size"]
+    cap = case.measure.max_size
     if axis == "seq_len":
-        cap = min(cap, case.model["max_seq_len"])
-    start = case.measure["min_size"]
+        cap = min(cap, case.model.max_seq_len)
+    start = case.measure.min_size
     planner = _planner(case, axis)
     predicted: int | None = None
     try:
@@ -299,7 +298,7 @@ def search(case: Case, run_trial: Callable[[Case], Outcome]) -> Outcome:
             res = search_max(try_size, start=start, cap=cap)
         else:
             first: tuple[Trial, ...] = ()
-            if not case.measure["budget"]:  # the child knows the device's memory: ask it
+            if not case.measure.budget:  # the child knows the device's memory: ask it
                 first = (try_size(start),)
             if first and not first[0].fits:
                 res = SearchResult(None, first, capped=False)
@@ -308,8 +307,8 @@ def search(case: Case, run_trial: Callable[[Case], Outcome]) -> Outcome:
                 res = dataclasses.replace(res, trials=first + res.trials)
             else:
                 limit = int(
-                    (budget[0] if budget else parse_bytes(case.measure["budget"]))
-                    * (1 - case.measure["headroom"])
+                    (budget[0] if budget else parse_bytes(case.measure.budget))
+                    * (1 - case.measure.headroom)
                 )
                 predicted = predicted_largest(planner, limit, start=start, cap=cap)
                 res = search_guided(try_size, planner, limit, start=start, cap=cap)
@@ -339,8 +338,9 @@ def _planner(case: Case, axis: str) -> Callable[[int], int] | None:
         from revbench.plan.dims import dims_of
 
         # a trial measures its first trial_steps steps from a fresh process
-        steps = {"warmup": 0, "steps": case.measure["trial_steps"]}
-        D = dims_of(case.model, case.data, case.train, steps)
+        steps = {"warmup": 0, "steps": case.measure.trial_steps}
+        sec = case.sections()
+        D = dims_of(sec["model"], sec["data"], sec["train"], steps)
         predict_dims(D)
     except Exception:  # a configuration the planner does not model: search without it
         return None

@@ -82,7 +82,7 @@ def measure_reconstruction(case: Case) -> dict[str, Any]:
         return {c.name: None for c in COLUMNS}
     with torch.no_grad(), step.autocast():
         errors = [float(e) for e in reconstruction_errors(model, step.input_ids)]
-    seed = case.train["seed"]
+    seed = case.train.seed
     model.reversible_backprop = True
     rev = _grads(step, seed)
     model.reversible_backprop = False

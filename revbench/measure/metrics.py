@@ -21,6 +21,7 @@ from revbench.registry import Registry
 
 if TYPE_CHECKING:
     from revbench.case import Case
+    from revbench.settings import DataSettings
 
 # glibc returns allocations >= 64 KiB to the OS on free, so VmHWM tracks live tensor memory.
 MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -47,7 +48,7 @@ class Metric:
     turns the ranks' columns into the case's with ``combine``."""
     combine: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
     """Distributed metrics: the case's columns from every rank's (in rank order)."""
-    check: Callable[[dict[str, Any]], None] | None = None
+    check: Callable[[DataSettings], None] | None = None
     """Suite-time check of a case's resolved ``data`` section; raises a one-line ConfigError
     naming the setting."""
 
@@ -142,9 +143,7 @@ def measure_throughput(case: Case) -> dict[str, Any]:
     from revbench.measure.timer import time_calls
 
     step = build_train_step(case)
-    timings = time_calls(
-        step, case.measure["steps"], warmup=case.measure["warmup"], device=step.device
-    )
+    timings = time_calls(step, case.measure.steps, warmup=case.measure.warmup, device=step.device)
     median = timings.median
     cfg = step.model.config
     seq = step.input_ids.shape[1]
@@ -154,7 +153,7 @@ def measure_throughput(case: Case) -> dict[str, Any]:
         median,
         dev["device_type"],
         dev["device_name"],
-        case.train["dtype"],
+        case.train.dtype,
     )
     for name in ("mfu", "hfu"):  # the FLOPs are all ranks'; so is the peak they are held to
         if util[name] is not None:
@@ -257,7 +256,7 @@ def _throughput_at_max_batch(case: Case, run: RunChild) -> Outcome:
     best = cols.get("max_batch_size")
     if status != "ok" or not best:
         return status, error, cols
-    variant = dataclasses.replace(case, data={**case.data, "batch_size": best})
+    variant = case.with_settings(batch_size=best)
     status, error, timing = run(variant, "throughput")
     cols["max_batch_step_time_s_median"] = timing.get("step_time_s_median")
     cols["max_batch_tokens_per_s"] = timing.get("tokens_per_s")
@@ -311,7 +310,7 @@ def _measure_lm_eval(case: Case) -> dict[str, Any]:
     return measure_lm_eval(case)
 
 
-def _check_lm_eval(data: dict[str, Any]) -> None:
+def _check_lm_eval(data: DataSettings) -> None:
     from revbench.tasks.harness import check_settings
 
     check_settings(data)

@@ -133,19 +133,19 @@ def init(case: Case) -> Ranks:
     from revbench.measure.device import resolve_device
 
     if not dist.is_available():
-        raise ConfigError(f"parallel: {case.train['parallel']} needs torch.distributed")
+        raise ConfigError(f"parallel: {case.train.parallel} needs torch.distributed")
     if "RANK" not in os.environ:
         raise ConfigError("parallel cases run under torchrun (revbench.runner starts them)")
     local = int(os.environ.get("LOCAL_RANK", 0))
-    device = resolve_device(case.train["device"])
+    device = resolve_device(case.train.device)
     if device.type == "cuda":
         if local >= torch.cuda.device_count():
             raise ConfigError(
-                f"nproc_per_node is {case.train['nproc_per_node']} but torch sees "
+                f"nproc_per_node is {case.train.nproc_per_node} but torch sees "
                 f"{torch.cuda.device_count()} CUDA device(s)"
             )
         torch.cuda.set_device(local)
-    timeout = dt.timedelta(seconds=min(case.measure["timeout_s"], MAX_COLLECTIVE_TIMEOUT_S))
+    timeout = dt.timedelta(seconds=min(case.measure.timeout_s, MAX_COLLECTIVE_TIMEOUT_S))
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timeout)
     return ranks()

@@ -140,7 +140,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     from revbench.measure.stack import reversible_memory
     from revbench.measure.step import build_train_step, warm_runtime
 
-    cuda = resolve_device(case.train["device"]).type == "cuda"
+    cuda = resolve_device(case.train.device).type == "cuda"
     if not cuda:
         warm_runtime(case)
     runtime = 0 if cuda else read_rss()  # the warmed torch runtime, before the model exists
@@ -173,7 +173,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
         del loss
     step.optimizer.step()
     step.optimizer.zero_grad(set_to_none=True)
-    for _ in range(case.measure["warmup"] + case.measure["steps"] - 1):
+    for _ in range(case.measure.warmup + case.measure.steps - 1):
         step()
     step_peak = peak()
     reserved = torch.cuda.max_memory_reserved(step.device) if cuda else None

@@ -15,7 +15,7 @@ import torch
 
 from revbench.measure import parallel
 from revbench.measure.device import resolve_device
-from revbench.models import ModelConfig, build_model
+from revbench.models import build_model
 
 if TYPE_CHECKING:
     from revbench.case import Case
@@ -105,27 +105,27 @@ def build_train_step(case: Case) -> TrainStep:
     train, data = case.train, case.data
     ranks = parallel.ranks()
     # Every rank builds the same weights (FSDP2 shards each rank's copy; DDP would broadcast).
-    torch.manual_seed(train["seed"])
-    if train["threads"]:
-        torch.set_num_threads(train["threads"])
-    device = resolve_device(train["device"])
+    torch.manual_seed(train.seed)
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    device = resolve_device(train.device)
     if device.type == "cuda" and parallel.active():
         device = torch.device("cuda", torch.cuda.current_device())  # parallel.init picked it
-    dtype = _DTYPES[train["dtype"]]
-    model = build_model(ModelConfig(**case.model))
+    dtype = _DTYPES[train.dtype]
+    model = build_model(case.model)
     model = model.to(device=device, dtype=torch.float64 if dtype == torch.float64 else None)
     model.train()
-    wrapped = parallel.wrap(model, train["parallel"], device) if parallel.active() else model
+    wrapped = parallel.wrap(model, train.parallel, device) if parallel.active() else model
     # After wrapping: FSDP2 replaces the parameters with sharded ones, which the optimizer holds.
     params = [p for p in model.parameters() if p.requires_grad]
-    if train["optimizer"] == "adamw":
-        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=train["lr"])
+    if train.optimizer == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=train.lr)
     else:
-        opt = torch.optim.SGD(params, lr=train["lr"], momentum=0.9)
-    gen = torch.Generator().manual_seed(train["seed"])
-    B = data["batch_size"]
+        opt = torch.optim.SGD(params, lr=train.lr, momentum=0.9)
+    gen = torch.Generator().manual_seed(train.seed)
+    B = data.batch_size
     ids = torch.randint(
-        case.model["vocab_size"], (ranks.world_size * B, data["seq_len"]), generator=gen
+        case.model.vocab_size, (ranks.world_size * B, data.seq_len), generator=gen
     )  # the global batch; this rank trains on its rows
     if ranks.world_size > 1:
         ids = ids[ranks.rank * B : (ranks.rank + 1) * B].clone()
@@ -154,7 +154,7 @@ def warm_runtime(case: Case) -> None:
     """
     import gc
 
-    small = dataclasses.replace(case, model={**case.model, "n_layers": 1})
+    small = case.with_settings(n_layers=1)
     step = build_train_step(small)
     step()
     del step

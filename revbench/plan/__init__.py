@@ -75,10 +75,18 @@ def predict_dims(D: Dims) -> MemoryPlan:
 def predict(case: Any, *, device: str | None = None) -> MemoryPlan:
     """The plan of a ``Case`` (``suite.Case``: its model, data and train sections);
     ``device`` plans for another device than the case's (``cuda`` for a GPU)."""
-    train = dict(case.train)
+    sec = _sections(case)
     if device is not None:
-        train["device"] = device
-    return predict_dims(dims_of(case.model, case.data, train, case.measure))
+        sec["train"]["device"] = device
+    return predict_dims(dims_of(sec["model"], sec["data"], sec["train"], sec["measure"]))
+
+
+def _sections(case: Any) -> dict[str, dict[str, Any]]:
+    """A ``Case``'s sections as plain dicts (or an object holding them as dicts already, as a
+    result row read back does)."""
+    if hasattr(case, "sections"):
+        return case.sections()
+    return {s: dict(getattr(case, s)) for s in ("model", "data", "train", "measure")}
 
 
 def predict_max_batch(
@@ -91,14 +99,14 @@ def predict_max_batch(
 ) -> int:
     """The largest batch whose predicted peak fits ``memory_bytes`` less ``headroom`` (the
     case's ``measure.headroom`` when None); 0 when not even batch 1 fits."""
-    headroom = case.measure.get("headroom", 0.05) if headroom is None else headroom
+    sec = _sections(case)
+    measure = sec["measure"]
+    headroom = measure.get("headroom", 0.05) if headroom is None else headroom
     limit = memory_bytes * (1 - headroom)
-    train = dict(case.train)
     if device is not None:
-        train["device"] = device
-    D = dims_of(
-        case.model, case.data, train, {"warmup": 0, "steps": case.measure.get("trial_steps", 1)}
-    )
+        sec["train"]["device"] = device
+    trial = {"warmup": 0, "steps": measure.get("trial_steps", 1)}
+    D = dims_of(sec["model"], sec["data"], sec["train"], trial)
 
     def fits(b: int) -> bool:
         return predict_dims(D.with_batch(b)).peak_bytes <= limit

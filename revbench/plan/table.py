@@ -76,7 +76,7 @@ def plan_table(suite_path: str | Path, wanted: list[Target], device: str | None 
         row = [
             case.name,
             f"{p.batch_size} x {p.seq_len}",
-            case.train["dtype"],
+            case.train.dtype,
             f"{fixed / MiB:,.1f}",
             f"{p.activation_bytes / MiB:,.1f}",
             f"{p.peak_bytes / MiB:,.1f}",

@@ -33,6 +33,7 @@ from revbench.registry import did_you_mean
 
 if TYPE_CHECKING:
     from revbench.case import Case
+    from revbench.settings import DataSettings
 
 COLUMNS = (
     Column("lm_eval_task", pa.string(), "", "lm_eval: the lm-evaluation-harness task run"),
@@ -64,15 +65,15 @@ COLUMNS = (
 )
 
 
-def check_settings(data: dict[str, Any]) -> None:
+def check_settings(data: DataSettings) -> None:
     """The suite-time checks of a case's ``data`` section for the ``lm_eval`` metric; raises a
     one-line ``ConfigError`` naming the setting."""
-    if not data.get("lm_eval_task"):
+    if not data.lm_eval_task:
         raise ConfigError(
             "data.lm_eval_task: metric 'lm_eval' needs a task (an lm-eval task such as piqa, "
             "or one defined in the data.lm_eval_include folder)"
         )
-    include = data.get("lm_eval_include")
+    include = data.lm_eval_include
     if include is not None and not Path(include).is_dir():
         raise ConfigError(
             f"data.lm_eval_include: no folder '{include}' (a folder of lm-eval task YAML files, "
@@ -155,22 +156,22 @@ def measure_lm_eval(case: Case) -> dict[str, Any]:
     check_settings(data)
     from lm_eval import simple_evaluate
 
-    task = data["lm_eval_task"]
-    manager = task_manager(task, data["lm_eval_include"])
-    torch.manual_seed(tr["seed"])
-    if tr["threads"]:
-        torch.set_num_threads(tr["threads"])
-    tokenizer = get_tokenizer(data["tokenizer"], tr["pretrained"])
+    task = data.lm_eval_task
+    manager = task_manager(task, data.lm_eval_include)
+    torch.manual_seed(tr.seed)
+    if tr.threads:
+        torch.set_num_threads(tr.threads)
+    tokenizer = get_tokenizer(data.tokenizer, tr.pretrained)
     model, row = case_model(case, tokenizer)
-    model = model.to(resolve_device(tr["device"])).eval()
+    model = model.to(resolve_device(tr.device)).eval()
     out = simple_evaluate(
         model=harness_model(model, tokenizer),
         tasks=[task],
         task_manager=manager,
-        limit=data["lm_eval_limit"],
-        num_fewshot=data["lm_eval_num_fewshot"],
+        limit=data.lm_eval_limit,
+        num_fewshot=data.lm_eval_num_fewshot,
         log_samples=False,
     )
     if out is None:
         raise RuntimeError("lm-eval returned no results (not rank 0)")
-    return row | results_row(out, task, data["lm_eval_metric"])
+    return row | results_row(out, task, data.lm_eval_metric)

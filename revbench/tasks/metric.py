@@ -135,34 +135,34 @@ COLUMNS = (
 
 def _task_config(case: Case) -> dict[str, Any]:
     d = case.data
-    pairs = {"data": d["task_data"], "text_column": d["text_column"]}
-    pairs["label_column"] = d["label_column"]
+    pairs = {"data": d.task_data, "text_column": d.text_column}
+    pairs["label_column"] = d.label_column
     return {k: v for k, v in pairs.items() if v is not None}
 
 
 def case_model(case: Case, tokenizer: Tokenizer | None) -> tuple[nn.Module, dict[str, Any]]:
     """The case's model (module docstring: its own, pretrained, or converted by distillation
     with ``tokenizer``) and the conversion's columns; the caller seeds and places it."""
-    from revbench.models import ModelConfig, build_model
+    from revbench.models import build_model
     from revbench.models.config import is_reversible
 
     data, tr = case.data, case.train
-    pretrained = tr["pretrained"]
+    pretrained = tr.pretrained
     row: dict[str, Any] = {}
-    cfg = ModelConfig(**case.model)
-    if pretrained and tr["distill_steps"] and is_reversible(cfg.arch):
+    cfg = case.model
+    if pretrained and tr.distill_steps and is_reversible(cfg.arch):
         from revbench.convert import ConvertConfig, convert
 
         conv = ConvertConfig(
             arch=cfg.arch,
-            steps=tr["distill_steps"],
-            lr=tr["lr"],
-            batch_size=data["batch_size"],
-            seq_len=data["seq_len"],
-            lm_weight=tr["lm_weight"],
-            trainable=tr["distill_trainable"],
-            init=tr["distill_init"],
-            seed=tr["seed"],
+            steps=tr.distill_steps,
+            lr=tr.lr,
+            batch_size=data.batch_size,
+            seq_len=data.seq_len,
+            lm_weight=tr.lm_weight,
+            trainable=tr.distill_trainable,
+            init=tr.distill_init,
+            seed=tr.seed,
         )
         model, report = convert(pretrained, conv, tokenizer=tokenizer)
         row |= {
@@ -197,26 +197,26 @@ def measure_accuracy(case: Case) -> dict[str, Any]:
     from revbench.tasks.text import get_tokenizer
 
     data, tr = case.data, case.train
-    if not data["task"]:
+    if not data.task:
         raise ConfigError("metric 'accuracy' needs data.task (revbench list shows the tasks)")
-    torch.manual_seed(tr["seed"])
-    if tr["threads"]:
-        torch.set_num_threads(tr["threads"])
-    device = resolve_device(tr["device"])
-    task = build_task(data["task"], **_task_config(case))
-    pretrained = tr["pretrained"]
-    tokenizer = get_tokenizer(data["tokenizer"], pretrained) if task.needs_tokenizer else None
+    torch.manual_seed(tr.seed)
+    if tr.threads:
+        torch.set_num_threads(tr.threads)
+    device = resolve_device(tr.device)
+    task = build_task(data.task, **_task_config(case))
+    pretrained = tr.pretrained
+    tokenizer = get_tokenizer(data.tokenizer, pretrained) if task.needs_tokenizer else None
     model, row = case_model(case, tokenizer)
     model = model.to(device)
     ctx = TaskContext(
         model=model,
         tokenizer=tokenizer,
-        steps=tr["train_steps"],
-        batch_size=data["batch_size"],
-        seq_len=data["seq_len"],
-        lr=tr["lr"],
-        seed=tr["seed"],
-        eval_examples=data["eval_examples"],
+        steps=tr.train_steps,
+        batch_size=data.batch_size,
+        seq_len=data.seq_len,
+        lr=tr.lr,
+        seed=tr.seed,
+        eval_examples=data.eval_examples,
         device=device,
     )
     res = task.run(ctx)
