@@ -55,6 +55,11 @@ PRELOAD = (
     "revbench.suite",
     "revbench.measure.metrics",
     "revbench.measure.step",
+    # the builders, which the registry names lazily (models/catalog.py)
+    "revbench.models.residual",
+    "revbench.models.moe",
+    "revbench.models.reversible",
+    "revbench.models.revffn",
 )
 
 

@@ -141,3 +141,22 @@ def test_the_graph_sees_imports_inside_functions() -> None:
     assert "revbench.caserun" in graph["revbench.executors.local"]
     # ...and not those under TYPE_CHECKING (measure/step.py names Case only for type hints)
     assert "revbench.case" not in graph["revbench.measure.step"]
+
+
+def test_reading_and_running_a_suite_imports_no_torch() -> None:
+    """The command line, suite validation, the planner's table and the runner import without
+    torch (the case processes import it): ``revbench validate``/``list``/``run`` start in a
+    fraction of a second, and a run's runner does not compete with its case processes for the
+    cores while they import torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, revbench.cli, revbench.runner, revbench.suite, revbench.caserun;"
+        "from revbench.shipped import resolve_suite;"
+        "from revbench.suite import load_suite;"
+        "load_suite(resolve_suite('quickstart'));"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -8,6 +8,7 @@ A pydantic dataclass, so ``ModelConfig(n_layers=0)`` fails in Python exactly as 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import random
 from collections.abc import Callable
@@ -28,8 +29,9 @@ class Arch:
     a new scheme registered with its facts is validated, counted and tested (the contract tests
     run over the registry) without touching other files."""
 
-    build: Callable[[ModelConfig], Any]
-    """``(ModelConfig) -> nn.Module``: a freshly initialised model."""
+    builder: Callable[[ModelConfig], Any] | str
+    """``(ModelConfig) -> nn.Module``, or where it lives as ``"module:function"`` (imported on
+    the first build, so the registry is read without torch)."""
     reversible: bool = False
     """Rebuilds its hidden states in the backward instead of keeping them (rejects
     checkpointing; its backward recomputes every block's forward once)."""
@@ -60,23 +62,38 @@ class Arch:
     default cross-branch queries rebuild X1 by fixed-point iteration; ``revffn_query: x2`` is
     exact); the contract tests check exactness under them."""
 
+    def build(self, cfg: ModelConfig) -> Any:
+        """A freshly initialised model of ``cfg``."""
+        builder = self.builder
+        if isinstance(builder, str):
+            module, _, name = builder.partition(":")
+            builder = getattr(importlib.import_module(module), name)
+        return builder(cfg)
 
-# name -> Arch; filled by the architecture modules (importing revbench.models).
+
+# name -> Arch; the shipped ones are in ``models/catalog.py`` (imported with revbench.models).
 ARCHITECTURES: Registry[Arch] = Registry("architecture")
 
 SCHEME_SETTINGS = ("a_layers", "a_draw", "ham_a", "ham_b", "ham_carry", "force", "readout")
 """Settings that belong to some architectures only (``Arch.settings``)."""
 
 
+def add_arch(
+    name: str, description: str, builder: Callable[[ModelConfig], Any] | str, **facts: Any
+) -> None:
+    """Register ``name``: its builder (or ``"module:function"``) and its facts (``Arch``)."""
+    unknown = set(facts.get("settings", ())) - set(SCHEME_SETTINGS)
+    if unknown:
+        raise ValueError(f"arch '{name}': unknown scheme settings {sorted(unknown)}")
+    facts["settings"] = frozenset(facts.get("settings", ()))
+    ARCHITECTURES.add(name, Arch(builder, **facts), description)
+
+
 def register_arch(name: str, description: str, **facts: Any) -> Callable[[Any], Any]:
-    """Decorator: register ``build`` under ``name`` with its facts (``Arch``'s fields)."""
+    """Decorator: register the builder it decorates under ``name`` with its facts."""
 
     def deco(build: Callable[[ModelConfig], Any]) -> Callable[[ModelConfig], Any]:
-        unknown = set(facts.get("settings", ())) - set(SCHEME_SETTINGS)
-        if unknown:
-            raise ValueError(f"arch '{name}': unknown scheme settings {sorted(unknown)}")
-        facts["settings"] = frozenset(facts.get("settings", ()))
-        ARCHITECTURES.add(name, Arch(build, **facts), description)
+        add_arch(name, description, build, **facts)
         return build
 
     return deco

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from revbench.models.blocks import CausalSelfAttention, SwiGLU, make_norm
-from revbench.models.config import ModelConfig, register_arch
+from revbench.models.config import ModelConfig
 from revbench.models.output import LanguageModel
 
 
@@ -113,12 +113,5 @@ class MoELM(LanguageModel):
         return x, self.config.aux_loss_weight * torch.stack(auxes).mean()
 
 
-@register_arch(
-    "moe",
-    "residual decoder, top-k routed MoE FFN (checkpointing: optional)",
-    moe_block=True,
-    needs_experts=True,
-    teacher=True,
-)
 def build_moe(cfg: ModelConfig) -> MoELM:
     return MoELM(cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from revbench.models.config import ModelConfig, register_arch
+from revbench.models.config import ModelConfig
 from revbench.models.output import LanguageModel
 
 
@@ -26,8 +26,5 @@ class ResidualLM(LanguageModel):
         return x
 
 
-@register_arch(
-    "baseline", "standard residual stream p + f(p) (checkpointing: optional)", teacher=True
-)
 def build_baseline(cfg: ModelConfig) -> ResidualLM:
     return ResidualLM(cfg)

@@ -65,7 +65,7 @@ from torch.utils.checkpoint import get_device_states, set_device_states
 
 from revbench.errors import ConfigError
 from revbench.models.blocks import Block
-from revbench.models.config import ModelConfig, register_arch
+from revbench.models.config import ModelConfig
 from revbench.models.output import LanguageModel
 from revbench.models.retrofit import paired_forces
 from revbench.models.schemes import (
@@ -411,31 +411,6 @@ def _coupling_layer(
     return lambda i, block: [(attn, block), (mlp, block)]
 
 
-def _register(
-    name: str,
-    description: str,
-    *,
-    readout: str = "last",
-    recompute: str = "block",
-    **facts: Any,
-) -> Callable[[Any], Any]:
-    """Register a reversible builder with its facts (``config.Arch``): ``readout`` is what the
-    head reads from the final state (``last`` slot, ``mean`` of the slots, ``concat`` of
-    halves; revbench's choice for every scheme) and ``recompute`` what one backward step
-    recomputes (the whole ``block`` f, one of its ``branches``, or ``revffn``'s adapted
-    branches)."""
-    return register_arch(
-        name, description, reversible=True, readout=readout, recompute=recompute, **facts
-    )
-
-
-@_register(
-    "midpoint",
-    "p_{l+1} = p_{l-1} + 2h f(p_l) (Gal et al. Eq. 2.4); a, a_layers, a_draw: "
-    "p_{l+1} = a_l p_{l-1} + (1-a_l) p_l + h f(p_l) (Eq. 3.6)",
-    euler_start=True,
-    settings=("a_layers", "a_draw", "force", "readout"),
-)
 def build_midpoint(cfg: ModelConfig) -> ReversibleLM:
     schemes = [Midpoint(cfg.step_size, a) for a in cfg.midpoint_coefficients()]
     return ReversibleLM(
@@ -447,12 +422,6 @@ def build_midpoint(cfg: ModelConfig) -> ReversibleLM:
     )
 
 
-@_register(
-    "leapfrog",
-    "p_{l+1} = 2 p_l - p_{l-1} + h^2 f(p_l) (Gal et al.)",
-    euler_start=True,
-    settings=("force", "readout"),
-)
 def build_leapfrog(cfg: ModelConfig) -> ReversibleLM:
     scheme = Leapfrog(cfg.step_size)
     return ReversibleLM(
@@ -464,26 +433,11 @@ def build_leapfrog(cfg: ModelConfig) -> ReversibleLM:
     )
 
 
-@_register(
-    "hamiltonian",
-    "q = a q + Attn(N1(p)); p = b p + MLP(N2(q)) (Gal et al. Eqs. 2.8-2.9; ham_a, ham_b; "
-    "at a = b = 1, the default, the same update as revnet)",
-    readout="mean",
-    recompute="branches",
-    settings=("ham_a", "ham_b", "ham_carry", "force", "readout"),
-)
 def build_hamiltonian(cfg: ModelConfig) -> ReversibleLM:
     layer = _coupling_layer(cfg.ham_a, cfg.ham_b, cfg.step_size, cfg.ham_carry)
     return ReversibleLM(cfg, layer, _readout(cfg, _mean), forces=_forces(cfg, 1.0, branches=True))
 
 
-@_register(
-    "revnet",
-    "Y1 = X1 + Attn(N1(X2)); Y2 = X2 + MLP(N2(Y1)) (Gomez et al. 2017)",
-    readout="mean",
-    recompute="branches",
-    settings=("readout",),
-)
 def build_revnet(cfg: ModelConfig) -> ReversibleLM:
     return ReversibleLM(cfg, _coupling_layer(), _readout(cfg, _mean))
 

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from revbench.models.blocks import MLP, CausalSelfAttention, SwiGLU, make_norm
 from revbench.models.config import ModelConfig
 from revbench.models.moe import MoE
-from revbench.models.reversible import ReversibleLM, Step, _register, _RngState
+from revbench.models.reversible import ReversibleLM, Step, _RngState
 from revbench.models.schemes import Grads, Recompute, Scheme, State, axpy
 
 
@@ -260,16 +260,6 @@ class RevFFNLM(ReversibleLM):
         ]
 
 
-@_register(
-    "revffn",
-    "Y1 = X1 + P1(Attn(U1 X1, U2 X2)); Y2 = X2 + P2(MoE(U3 Y1)) (Liu et al.)",
-    readout="concat",
-    recompute="revffn",
-    moe_block=True,
-    adapters=True,
-    split_state=True,
-    exact_with={"revffn_query": "x2"},
-)
 def build_revffn(cfg: ModelConfig) -> RevFFNLM:
     return RevFFNLM(cfg)
 
