@@ -30,14 +30,16 @@ import types
 import typing
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from revbench.columns import STATUSES, Column
 from revbench.errors import ResultsError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SCHEMA_VERSION = 4
 _META_KEY = b"revbench.schema_version"
@@ -344,6 +346,8 @@ def load(path: str | Path) -> pd.DataFrame:
     (their missing columns are null). A missing path raises ``ResultsError``. An empty folder
     gives an empty frame that still has the schema's columns.
     """
+    import pandas as pd  # here, not at the top: the runner writes rows without pandas
+
     root = Path(path)
     if not root.exists():
         raise ResultsError(f"{root}: no such results file or folder")
