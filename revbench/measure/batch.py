@@ -228,7 +228,7 @@ def measure_trial(case: Case) -> dict[str, Any]:
     import torch
 
     from revbench.measure.device import resolve_device
-    from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
+    from revbench.measure.memory import PeakMemory
     from revbench.measure.step import build_train_step, warm_runtime
 
     m = case.measure
@@ -238,20 +238,15 @@ def measure_trial(case: Case) -> dict[str, Any]:
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
-        before = 0
     else:
         warm_runtime(case)
-        before = read_rss()
-        reset_peak_rss()
-    step = build_train_step(case)
-    for _ in range(m.trial_steps):
-        step()
-    step.synchronize()
-    peak = (
-        torch.cuda.max_memory_allocated(device)
-        if device.type == "cuda"
-        else read_peak_rss() - before
-    )
+    # from the warmed runtime (CPU) or an empty allocator (CUDA, a fresh process): the footprint
+    with PeakMemory(device) as mem:
+        step = build_train_step(case)
+        for _ in range(m.trial_steps):
+            step()
+        step.synchronize()
+    peak = mem.grown
     return {"trial_peak_bytes": peak, "trial_fits": peak <= limit, "budget_bytes": budget}
 
 

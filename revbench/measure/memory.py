@@ -10,6 +10,7 @@ Two figures, because on CPU neither alone is the truth (docs/measurement.md):
 
 from __future__ import annotations
 
+import os
 import resource
 from collections.abc import Callable, Iterable
 from types import TracebackType
@@ -148,3 +149,68 @@ def read_rss() -> int:
     """Current resident set size in bytes (VmRSS, else psutil)."""
     rss = _status_bytes("VmRSS")
     return rss if rss is not None else psutil.Process().memory_info().rss
+
+
+class PeakMemory:
+    """The memory high-water mark of one device, restartable: what every memory metric reads.
+
+    CUDA: the caching allocator's statistics (``max_memory_allocated``: the tensors' bytes). CPU:
+    the kernel's high-water mark of the process's resident set (VmHWM, restarted through
+    ``/proc/self/clear_refs``; ``ru_maxrss``, which cannot be restarted, where that is missing),
+    which with large allocations forced onto mmap (``MALLOC_MMAP_THRESHOLD_``) follows the live
+    tensors (docs/measurement.md). ``method`` names which, as the result rows record it.
+
+        mem = PeakMemory(device, sync)      # sync: waits for the device's queued work
+        before = mem.reset()                # restart the mark; bytes in use now
+        ...                                 # the measured work
+        grown = mem.peak() - before         # how far above ``before`` it went
+
+    or as a context manager (``with PeakMemory(device) as mem: ...`` then ``mem.grown``).
+    """
+
+    def __init__(self, device: torch.device, synchronize: Callable[[], None] | None = None) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self._sync = synchronize or (lambda: None)
+        if self.cuda:
+            self.method = "cuda_max_allocated"
+        else:
+            mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_")  # what this process started with
+            resettable = reset_peak_rss()
+            self.method = ("vmhwm" if resettable else "ru_maxrss") + (
+                f"+mmap{mmap}" if mmap else ""
+            )
+        self.resettable = self.cuda or self.method.startswith("vmhwm")
+        self.before = 0
+        self.grown = 0
+
+    def in_use(self) -> int:
+        """Bytes in use now (allocated tensors on CUDA, the resident set on CPU)."""
+        if self.cuda:
+            self._sync()
+            return int(torch.cuda.memory_allocated(self.device))
+        return read_rss()
+
+    def reset(self) -> int:
+        """Restart the high-water mark at what is in use now, and return that."""
+        if self.cuda:
+            self._sync()
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            reset_peak_rss()
+        self.before = self.in_use()
+        return self.before
+
+    def peak(self) -> int:
+        """The high-water mark since the last ``reset`` (absolute bytes)."""
+        self._sync()
+        if self.cuda:
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return read_peak_rss()
+
+    def __enter__(self) -> PeakMemory:
+        self.reset()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.grown = self.peak() - self.before

@@ -9,7 +9,6 @@ parallel case every rank measures and ``combine`` keeps the largest rank's bytes
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -136,7 +135,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
 
     from revbench.measure import parallel
     from revbench.measure.device import nvml_process_memory, resolve_device
-    from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
+    from revbench.measure.memory import PeakMemory, read_rss
     from revbench.measure.stack import reversible_memory
     from revbench.measure.step import build_train_step, warm_runtime
 
@@ -145,26 +144,8 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
         warm_runtime(case)
     runtime = 0 if cuda else read_rss()  # the warmed torch runtime, before the model exists
     step = build_train_step(case)
-
-    def reset() -> int:
-        """Restart the high-water mark; returns the memory in use now."""
-        if cuda:
-            step.synchronize()
-            torch.cuda.reset_peak_memory_stats(step.device)
-            return torch.cuda.memory_allocated(step.device)
-        reset_peak_rss()
-        return read_rss()
-
-    def peak() -> int:
-        step.synchronize()
-        return torch.cuda.max_memory_allocated(step.device) if cuda else read_peak_rss()
-
-    if cuda:
-        method = "cuda_max_allocated"
-    else:
-        # the glibc threshold this process really started with (metrics.MMAP_ENV), not assumed
-        mmap = os.environ.get("MALLOC_MMAP_THRESHOLD_")
-        method = ("vmhwm" if reset_peak_rss() else "ru_maxrss") + (f"+mmap{mmap}" if mmap else "")
+    mem = PeakMemory(step.device, step.synchronize)  # this rank's device, once it is known
+    reset, peak, method = mem.reset, mem.peak, mem.method
     reset()
     with _activations(step.model) as saved:
         loss = step.loss()
@@ -184,7 +165,7 @@ def measure_peak_memory(case: Case) -> dict[str, Any]:
     loss = step.loss()
     before_backward = reset()
     loss.backward()
-    backward_transient = peak() - before_backward if not method.startswith("ru_maxrss") else None
+    backward_transient = peak() - before_backward if mem.resettable else None
     step.optimizer.zero_grad(set_to_none=True)
     with parallel.whole_parameters(step.model):  # FSDP2: the recompute needs whole weights
         stack, recompute = reversible_memory(step.model, step.input_ids, step.autocast())
