@@ -37,7 +37,7 @@ class Compared:
         return results.column_info()[self.column].better == "higher"
 
 
-METRICS: tuple[Compared, ...] = (
+COMPARED: tuple[Compared, ...] = (
     Compared("peak_mem_bytes", "peak memory (MiB)", views.MIB),
     Compared("activation_bytes", "activations (MiB)", views.MIB, 2),
     Compared("tokens_per_s", "throughput (tokens/s)", 1.0, 0),
@@ -158,7 +158,7 @@ def compare(
     names: tuple[str, str] = ("BASE", "NEW"),
 ) -> Comparison:
     """Match the cases of two result frames by config hash and compute every metric's change."""
-    metrics = [*METRICS, *_quality_metrics(base, new)]
+    metrics = [*COMPARED, *_quality_metrics(base, new)]
     cols = [m.column for m in metrics]
     b, n = views.summarise(base, cols), views.summarise(new, cols)
     b_status, n_status = _statuses(base), _statuses(new)

@@ -21,15 +21,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from revbench.errors import ConfigError
-from revbench.executors.base import Executor, Job, Lost, Outcome, missing_extra, one_line
+from revbench.executors.base import Executor, Job, JobResult, Lost, missing_extra, one_line
 from revbench.registry import did_you_mean
 
 __all__ = [
     "EXECUTOR_NAMES",
     "Executor",
     "Job",
+    "JobResult",
     "Lost",
-    "Outcome",
     "make_executor",
     "missing_extra",
     "one_line",

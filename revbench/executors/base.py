@@ -40,7 +40,8 @@ class Lost:
     error: str
 
 
-Outcome = dict[str, Any] | Lost
+JobResult = dict[str, Any] | Lost
+"""What comes back from a job: its result row, or ``Lost``."""
 
 
 class Executor(Protocol):
@@ -48,7 +49,7 @@ class Executor(Protocol):
 
     name: str
 
-    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
+    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, JobResult]]:
         """Leaving the iterator early (an interrupt) cancels the jobs still in flight."""
         ...
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-from revbench.executors.base import Job, Outcome
+from revbench.executors.base import Job, JobResult
 from revbench.resources import Resources
 
 
 class LocalExecutor:
     name = "local"
 
-    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
+    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, JobResult]]:
         from revbench.caserun import run_job
 
         for job in jobs:

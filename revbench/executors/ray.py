@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from revbench.errors import RevbenchError
-from revbench.executors.base import Job, Lost, Outcome, missing_extra, one_line
+from revbench.executors.base import Job, JobResult, Lost, missing_extra, one_line
 from revbench.resources import CPU, GPU, Resources
 
 
@@ -57,7 +57,7 @@ class RayExecutor:
             f"with ray start --resources"
         )
 
-    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
+    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, JobResult]]:
         from revbench.caserun import run_job
 
         ray = self._ray
@@ -84,7 +84,7 @@ class RayExecutor:
                 for ref in done:
                     job = pending.pop(ref)
                     try:
-                        outcome: Outcome = ray.get(ref)
+                        outcome: JobResult = ray.get(ref)
                     except ray.exceptions.RayError as e:
                         outcome = Lost(f"ray: {one_line(e)}")
                     yield job, outcome

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from revbench.errors import RevbenchError
-from revbench.executors.base import Job, Lost, Outcome, missing_extra, one_line
+from revbench.executors.base import Job, JobResult, Lost, missing_extra, one_line
 from revbench.resources import Resources
 
 _POLL_S = 1.0
@@ -67,7 +67,7 @@ class SlurmExecutor:
         ex.update_parameters(**params)
         return ex
 
-    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, Outcome]]:
+    def map(self, jobs: Sequence[Job], resources: Resources) -> Iterator[tuple[Job, JobResult]]:
         from revbench.caserun import run_job
 
         pending: list[tuple[Any, Job]] = []
@@ -86,7 +86,7 @@ class SlurmExecutor:
                         still.append((sjob, job))
                         continue
                     try:
-                        outcome: Outcome = sjob.result()
+                        outcome: JobResult = sjob.result()
                     except Exception as e:  # submitit's FailedJobError, UncompletedJobError, ...
                         outcome = Lost(f"slurm job {sjob.job_id}: {one_line(e)}")
                     yield job, outcome
