@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import json
 import os
 import select
@@ -42,25 +43,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from revbench.child import PRELOAD
 from revbench.procs import die_with_parent
-
-# torch._dynamo: the optimizers import it lazily on construction (1.3-1.5 s on 2 cores, once per
-# case process unless it is here); importing it starts no thread and does not touch CUDA.
-PRELOAD = (
-    "torch",
-    "torch._dynamo",
-    "psutil",
-    "yaml",
-    "revbench.child",
-    "revbench.suite",
-    "revbench.measure.metrics",
-    "revbench.measure.step",
-    # the builders, which the registry names lazily (models/catalog.py)
-    "revbench.models.residual",
-    "revbench.models.moe",
-    "revbench.models.reversible",
-    "revbench.models.revffn",
-)
 
 
 def _case_process(req: dict[str, Any]) -> None:
@@ -100,7 +84,7 @@ def serve() -> None:
     """The zygote's loop: import, then fork one case process per request on stdin."""
     die_with_parent()
     for name in PRELOAD:
-        __import__(name)
+        importlib.import_module(name)
     # Everything imported so far lives as long as the zygote: move it out of the collector's
     # sight, so that a case process's collections neither walk it (0.2 s each) nor write to
     # its pages (which would copy them, page by page, into the case process).
