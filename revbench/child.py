@@ -48,6 +48,12 @@ PRELOAD = (
 )
 
 
+def preload() -> None:
+    """Import ``PRELOAD`` (no-ops where it is imported already, as in a forked case process)."""
+    for name in PRELOAD:
+        importlib.import_module(name)
+
+
 def _inject(fault: str) -> None:
     import torch
 
@@ -71,8 +77,7 @@ def _last_line(exc: BaseException) -> str:
 
 def run(case_file: Path, metric: str) -> dict[str, Any]:
     """Measure ``metric`` in this process (one rank of a parallel case: its own columns)."""
-    for name in PRELOAD:  # no-ops in a process forked from the zygote
-        importlib.import_module(name)
+    preload()
     import torch
 
     from revbench.case import Case

@@ -42,7 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from revbench.errors import ConfigError
-from revbench.models import ARCHITECTURES, arch_facts, build_model
+from revbench.models import arch_facts, build_model
+from revbench.models.config import archs_where
 from revbench.models.head import CrossEntropy, DistillKL, chunked_head_loss, next_token_targets
 from revbench.models.hf import from_pretrained, load_weights, save_checkpoint
 from revbench.models.output import loss_dtype
@@ -433,19 +434,17 @@ def convert(
     teacher = teacher if teacher is not None else from_pretrained(source)
     original, target = arch_facts(teacher.config.arch), arch_facts(cfg.arch)
     if not original.teacher:
-        teachers = " or ".join(e.name for e in ARCHITECTURES.entries() if e.obj.teacher)
+        teachers = " or ".join(archs_where(lambda a: a.teacher))
         raise ConfigError(
             f"{source}: the original must be a {teachers} model, not {teacher.config.arch}"
         )
     if original.moe_block and not target.moe_block:
-        into = ", ".join(
-            e.name for e in ARCHITECTURES.entries() if e.obj.moe_block and e.obj.reversible
-        )
+        into = ", ".join(archs_where(lambda a: a.moe_block and a.reversible))
         raise ConfigError(
             f"{source} is a mixture-of-experts model: it converts into arch {into}, not {cfg.arch}"
         )
     if cfg.trainable == "adapters" and not target.adapters:
-        owners = ", ".join(e.name for e in ARCHITECTURES.entries() if e.obj.adapters)
+        owners = ", ".join(archs_where(lambda a: a.adapters))
         raise ConfigError(f"trainable: adapters needs arch {owners} (the only one with adapters)")
     student = build_student(teacher, cfg, str(source))
     tok = tokenizer or get_tokenizer(cfg.tokenizer, str(source))

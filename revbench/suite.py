@@ -42,7 +42,7 @@ from revbench.errors import ConfigError, RevbenchError, SuiteError
 from revbench.limits import quote
 from revbench.measure.metrics import METRICS
 from revbench.models import ARCHITECTURES
-from revbench.models.config import is_reversible
+from revbench.models.config import archs_where, is_reversible
 from revbench.registry import did_you_mean
 from revbench.resources import Resources
 from revbench.settings import FIELDS, SECTIONS, MeasureSettings
@@ -326,7 +326,7 @@ def _resolve(
         and is_reversible(arch)
         and not ARCHITECTURES.get(arch).adapters
     ):
-        owners = ", ".join(e.name for e in ARCHITECTURES.entries() if e.obj.adapters)
+        owners = ", ".join(archs_where(lambda a: a.adapters))
         raise SuiteError(
             f"{where}: distill_trainable is adapters but arch is {arch}; "
             f"only {owners} has adapters (use all or blocks)"

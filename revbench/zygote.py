@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import importlib
 import json
 import os
 import select
@@ -43,7 +42,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from revbench.child import PRELOAD
+from revbench.child import preload
 from revbench.procs import die_with_parent
 
 
@@ -83,8 +82,7 @@ def _case_process(req: dict[str, Any]) -> None:
 def serve() -> None:
     """The zygote's loop: import, then fork one case process per request on stdin."""
     die_with_parent()
-    for name in PRELOAD:
-        importlib.import_module(name)
+    preload()
     # Everything imported so far lives as long as the zygote: move it out of the collector's
     # sight, so that a case process's collections neither walk it (0.2 s each) nor write to
     # its pages (which would copy them, page by page, into the case process).

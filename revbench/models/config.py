@@ -104,9 +104,14 @@ def arch_facts(arch: str) -> Arch:
     return ARCHITECTURES.get(arch)
 
 
+def archs_where(fact: Callable[[Arch], bool]) -> list[str]:
+    """The registered architectures whose entry satisfies ``fact`` (for messages)."""
+    return [e.name for e in ARCHITECTURES.entries() if fact(e.obj)]
+
+
 def archs_with(setting: str) -> list[str]:
     """The registered architectures that have ``setting`` (``Arch.settings``)."""
-    return [e.name for e in ARCHITECTURES.entries() if setting in e.obj.settings]
+    return archs_where(lambda a: setting in a.settings)
 
 
 def _listed(names: list[str]) -> str:
