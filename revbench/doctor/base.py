@@ -24,7 +24,8 @@ CLOCK_RATIO = (0.5, 2.0)
 """Timer median / host-clock mean per call: a timer missing a CUDA synchronisation reads the
 launch, not the work (a large matmul: x0.01), far outside; the band leaves room for a shared
 CPU."""
-CLOCK_ROUNDS = 3
+CLOCK_ROUNDS = 5
+"""Rounds of timer-vs-clock; the best-agreeing one decides (a wrong timer is wrong in all)."""
 EVENTS_RATIO = (0.8, 1.25)
 """CUDA events median / host+sync median."""
 BUDGET_MARGIN = (0.8, 1.3)
