@@ -181,7 +181,7 @@ def _cmd_dashboard(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def _cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
     try:
-        from revbench.report import report
+        from revbench.analysis.report import report
     except ImportError as e:
         raise RevbenchError(f"report needs {e.name}: pip install 'revbench[dashboard]'") from None
 
@@ -192,7 +192,7 @@ def _cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace, out: Console, err: Console) -> int:
-    from revbench.compare import compare_paths
+    from revbench.analysis.compare import compare_paths
 
     result = compare_paths(args.base, args.new, args.max_regression)
     print(result.markdown(), end="")

@@ -63,7 +63,7 @@ def check(results: str | Path) -> Path:
         raise RevbenchError(
             f"the dashboard needs {e.name}: pip install 'revbench[dashboard]'"
         ) from None
-    from revbench.report import default_results
+    from revbench.analysis.report import default_results
 
     path = default_results(results)  # nothing of one's own: the shipped reference rows
     if not path.exists():

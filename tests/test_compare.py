@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from revbench import results
+from revbench.analysis.compare import compare, compare_paths, parse_threshold
 from revbench.cli import main
-from revbench.compare import compare, compare_paths, parse_threshold
 from revbench.errors import RevbenchError
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -53,7 +53,7 @@ def test_exit_codes(
 
 def test_disjoint_sets_fail_instead_of_passing() -> None:
     from revbench import results
-    from revbench.compare import compare
+    from revbench.analysis.compare import compare
 
     base = results.load(BASE)
     other = base.assign(config_hash=base["config_hash"] + "x")
@@ -65,7 +65,7 @@ def test_disjoint_sets_fail_instead_of_passing() -> None:
 
 def test_names_are_escaped_for_pr_comments() -> None:
     from revbench import results
-    from revbench.compare import compare
+    from revbench.analysis.compare import compare
 
     base = results.load(BASE)
     first = base["config_hash"] == base["config_hash"].iloc[0]

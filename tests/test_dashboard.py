@@ -180,3 +180,19 @@ def test_accuracy_view_plots_quality_columns(
     at = run_app(monkeypatch, tmp_path)
     assert "fig_quality" in charts(at)
     assert at.selectbox(key="quality_metric").value == "accuracy"
+
+
+def test_a_view_added_to_the_registry_gets_a_tab(
+    monkeypatch: pytest.MonkeyPatch, fixture_copy: Path
+) -> None:
+    """A view registered in ``revbench.analysis.VIEWS`` (test_report_views.ToyView) gets its
+    tab, drawn by its own panel from the filtered rows, without touching the app."""
+    from test_report_views import ToyView
+
+    import revbench.analysis as analysis
+
+    monkeypatch.setattr(analysis, "VIEWS", (*analysis.VIEWS, ToyView))
+    at = run_app(monkeypatch, fixture_copy)
+    assert [t.label for t in at.tabs] == [*VIEWS, "Toy statuses", "Compare"]
+    assert "toy view drawn" in [m.value for m in at.markdown]
+    assert any(list(df.value.columns) == ["status", "rows"] for df in at.dataframe)

@@ -181,7 +181,7 @@ def reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A checkout whose revbench/data/reference holds the fixture rows, run from an empty folder."""
     import shutil
 
-    from revbench import report
+    from revbench.analysis import report
 
     ref = tmp_path / "checkout" / "revbench" / "data" / "reference"
     shutil.copytree(FIXTURE_ROWS, ref / "fx-gpu")
@@ -193,8 +193,8 @@ def reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_report_shows_reference_rows_when_given_none(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from revbench.analysis.report import default_results
     from revbench.cli import main
-    from revbench.report import default_results
 
     assert default_results() == reference and default_results("results") == reference
     out = tmp_path / "report"
@@ -218,7 +218,7 @@ def test_report_shows_reference_rows_when_given_none(
 def test_report_without_any_rows_is_a_one_line_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from revbench import report
+    from revbench.analysis import report
     from revbench.cli import main
 
     monkeypatch.setattr(report, "REFERENCE", tmp_path / "no-reference")

@@ -467,7 +467,7 @@ def test_results_load_skips_what_it_cannot_read_and_never_raises(
 def test_results_readers_skip_each_damaged_class_with_a_warning(tmp_path: Path) -> None:
     """A real row loads; the same row with a newer schema, a missing column, a tz-naive time
     stamp or a null repeat is skipped with a warning naming the file and why."""
-    from revbench.compare import compare_paths
+    from revbench.analysis.compare import compare_paths
 
     good = _real_row()
     results.write_row(good, tmp_path / "good.parquet")

@@ -10,9 +10,9 @@ import pytest
 from conftest import require_program
 
 from revbench import results
+from revbench.analysis.report import build_report, sections, write_figures
 from revbench.cli import main
 from revbench.data import REPORTED_LABEL, paper_figures
-from revbench.report import build_report, sections, write_figures
 
 FIXTURES = Path(__file__).parent / "fixtures"
 BASE = FIXTURES / "results" / "base"
