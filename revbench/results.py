@@ -1,12 +1,12 @@
 """The results store: one parquet row per case run, typed, versioned, written atomically.
 
-Schema version 4 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
+Schema version 5 (version 2 added the LM head settings and the ``head_peak_*`` columns; version
 3 the per-layer midpoint and the Hamiltonian coefficients, ``readout``, ``measure.memory_cap``,
 and the ``lm_eval`` metric's ``lm_eval_*`` columns and ``data.lm_eval_*`` settings; version 4 the
 retrofit settings ``model.force``, ``model.readout``, ``model.ham_carry`` and
-``train.distill_init``). Files of an older version are read, their new columns null. Every
-column, its type and unit (``revbench schema`` prints this table, and docs/results-schema.md is
-generated from it):
+``train.distill_init``; version 5 ``model.revffn_adapters``). Files of an older version are
+read, their new columns null. Every column, its type and unit (``revbench schema`` prints this
+table, and docs/results-schema.md is generated from it):
 
 * provenance — who measured what, where and with which software (``PROVENANCE`` below);
 * configuration — every setting of the case, flattened as ``section.field`` (``model.n_layers``,
@@ -41,7 +41,7 @@ from revbench.errors import ResultsError
 if TYPE_CHECKING:
     import pandas as pd
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _META_KEY = b"revbench.schema_version"
 
 

@@ -162,6 +162,7 @@ HASHED_IF_SET: dict[str, Any] = {
     "a_seed": 0,
     "ham_a": 1.0,
     "ham_b": 1.0,
+    "revffn_adapters": "five",
     "lm_eval_task": None,
     "lm_eval_include": None,
     "lm_eval_metric": None,

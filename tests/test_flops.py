@@ -105,6 +105,7 @@ MOE_CASES = {
     "revffn-x1-shared-top1": {"arch": "revffn", "shared_expert": True, "top_k": 1},
     "moe-qwen-widths": {"arch": "moe", "shared_expert": True, "d_ff_shared": 40, "d_ff": 24},
     "revffn-dense": {"arch": "revffn", "n_experts": 0, "revffn_fp_iters": 2},
+    "revffn-pair": {"arch": "revffn", "revffn_adapters": "pair", "revffn_fp_iters": 2},
 }
 
 

@@ -51,11 +51,20 @@ VARIANTS = [
     {"tie_embeddings": False, "n_kv_heads": 1},
     {"head_chunk_tokens": 5},
     {"block": "llama", "shared_expert": True, "norm_topk_prob": False},
+    {"revffn_adapters": "pair"},
 ]
-# every architecture with every variant (the shared expert only where there are experts)
-PAIRS = [
-    (a, v) for a in ARCHS for v in VARIANTS if not v.get("shared_expert") or a in ("moe", "revffn")
-]
+
+
+def _applies(arch: str, variant: dict[str, Any]) -> bool:
+    """The shared expert only where there are experts, the adapter pair only with adapters."""
+    facts = ARCHITECTURES.get(arch)
+    if variant.get("shared_expert") and arch not in ("moe", "revffn"):
+        return False
+    return not variant.get("revffn_adapters") or facts.adapters
+
+
+# every architecture with every variant that applies to it
+PAIRS = [(a, v) for a in ARCHS for v in VARIANTS if _applies(a, v)]
 PAIR_IDS = [f"{a}-{','.join(v) or 'default'}" for a, v in PAIRS]
 
 
@@ -124,20 +133,22 @@ def _traced_peak(kw: dict[str, Any], B: int, T: int, dtype: str) -> int:
     return live.peak
 
 
-REPLAYED = [(a, b) for a in ARCHS for b in ("gpt2", "llama")] + [("baseline+ckpt", "gpt2")]
+REPLAYED = [(a, b) for a in ARCHS for b in ("gpt2", "llama")]
+REPLAYED += [("baseline+ckpt", "gpt2"), ("revffn+pair", "llama")]  # +pair: revffn_adapters pair
 
 
 @pytest.mark.parametrize(("arch", "block"), REPLAYED, ids=[f"{a}-{b}" for a, b in REPLAYED])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_the_replay_follows_a_live_tensor_trace(arch: str, block: str, dtype: str) -> None:
-    ckpt = arch.endswith("+ckpt")
+    name, _, variant = arch.partition("+")
     kw = config(
-        arch.removesuffix("+ckpt"),
+        name,
         block=block,
-        checkpointing=ckpt,
+        checkpointing=variant == "ckpt",
         d_model=32,
         max_seq_len=64,
         vocab_size=64,
+        **({"revffn_adapters": "pair"} if variant == "pair" else {}),
     )
     D = dims_of(kw, {"batch_size": 4, "seq_len": 64}, {"dtype": dtype, "device": "cpu"})
     replayed = replay_step(D, allocator=False).peak - 8 * D.N  # the ids existed before

@@ -29,7 +29,7 @@ def model(p1_scale: float = 1.0, n_layers: int = 3, **overrides: object) -> RevF
     with torch.no_grad():
         for n, p in m.named_parameters():
             if p.dim() == 2:
-                scale = p1_scale if "attn_out_proj" in n else 1.0
+                scale = p1_scale if "attn_out_proj" in n or "down_proj" in n else 1.0
                 p.copy_(
                     torch.randn(p.shape, generator=g, dtype=p.dtype) * scale / p.shape[1] ** 0.5
                 )
@@ -44,6 +44,12 @@ EXACT = {
     "moe-dropout": {"dropout": 0.2},
     "dense": {"n_experts": 0},
     "one-layer": {"n_layers": 1},
+    "adapter-pair": {"revffn_adapters": "pair"},
+    "adapter-pair-llama-shared": {
+        "revffn_adapters": "pair",
+        "block": "llama",
+        "shared_expert": True,
+    },
 }
 
 
@@ -191,6 +197,13 @@ def _gelu_mlp(z: torch.Tensor, mlp: torch.nn.Module) -> torch.Tensor:
     return h @ mlp.proj.weight.T + mlp.proj.bias
 
 
+ADAPTER_NAMES = {
+    "five": ("q_up", "kv_up", "attn_out_proj", "ffn_up", "ffn_out_proj"),
+    "pair": ("lift", "lift", "down_proj", "lift", "down_proj"),
+}
+"""U1, U2, P1, U3, P2 by the block's module names."""
+
+
 def reference_stack(m: RevFFNLM, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """X1, X2 (and A) after every layer, from
 
@@ -198,22 +211,25 @@ def reference_stack(m: RevFFNLM, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
         Y2 = X2 + P2(FFN(N2(U3(Y1))))      A += aux (MoE)
 
     with attention, LayerNorm and the GELU MLP written out here (the MoE, when there is one,
-    is the block's own module: the coupling is under test, not the router)."""
+    is the block's own module: the coupling is under test, not the router). With the adapter
+    pair, U1 = U2 = U3 is the block's ``lift`` and P1 = P2 its ``down_proj``."""
     cfg = m.config
+    names = ADAPTER_NAMES[cfg.revffn_adapters]
     x1, x2 = h[..., : cfg.d_model // 2], h[..., cfg.d_model // 2 :]
     a = h.new_zeros(())
     for blk in m.blocks:
+        u1, u2, p1, u3, p2 = (getattr(blk, n).weight for n in names)
         q_in = x1 if cfg.revffn_query == "x1" else x2
-        q = _ln(q_in @ blk.q_up.weight.T, blk.n1, cfg.norm_eps)
-        kv = _ln(x2 @ blk.kv_up.weight.T, blk.n1, cfg.norm_eps)
-        y1 = x1 + _attn(q, kv, blk.attn, cfg.n_heads) @ blk.attn_out_proj.weight.T
-        z = _ln(y1 @ blk.ffn_up.weight.T, blk.n2, cfg.norm_eps)
+        q = _ln(q_in @ u1.T, blk.n1, cfg.norm_eps)
+        kv = _ln(x2 @ u2.T, blk.n1, cfg.norm_eps)
+        y1 = x1 + _attn(q, kv, blk.attn, cfg.n_heads) @ p1.T
+        z = _ln(y1 @ u3.T, blk.n2, cfg.norm_eps)
         if cfg.n_experts:
             out, aux = blk.ffn(z)
             a = a + aux
         else:
             out = _gelu_mlp(z, blk.ffn)
-        y2 = x2 + out @ blk.ffn_out_proj.weight.T
+        y2 = x2 + out @ p2.T
         x1, x2 = y1, y2
     return (x1, x2, a) if cfg.n_experts else (x1, x2)
 
@@ -221,8 +237,11 @@ def reference_stack(m: RevFFNLM, h: torch.Tensor) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("query", ["x1", "x2"])
 @pytest.mark.parametrize("experts", [0, 4])
 @pytest.mark.parametrize("grad", [False, True], ids=["plain-path", "function"])
-def test_forward_follows_the_papers_equations(query: str, experts: int, grad: bool) -> None:
-    m = model(revffn_query=query, n_experts=experts)
+@pytest.mark.parametrize("adapters", ["five", "pair"])
+def test_forward_follows_the_papers_equations(
+    query: str, experts: int, grad: bool, adapters: str
+) -> None:
+    m = model(revffn_query=query, n_experts=experts, revffn_adapters=adapters)
     with torch.no_grad():  # biases and norm scales away from 0 and 1, so each one shows
         for n, p in m.named_parameters():
             if p.dim() == 1:
@@ -235,3 +254,22 @@ def test_forward_follows_the_papers_equations(query: str, experts: int, grad: bo
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g.detach(), w, rtol=1e-12, atol=1e-12)
+
+
+def test_adapter_pair_is_two_shared_matrices() -> None:
+    """``revffn_adapters: pair``: per block one lift and one projection, each a parameter once,
+    and 3 (d/2 x d) matrices per layer fewer than the five; a non-RevFFN arch refuses it."""
+    from revbench.models.config import ModelConfig
+
+    five, pair = model(), model(revffn_adapters="pair")
+    d = TINY["d_model"]
+    n_five = sum(p.numel() for p in five.parameters())
+    n_pair = sum(p.numel() for p in pair.parameters())
+    assert n_five - n_pair == 3 * (d // 2) * d * 3  # three layers
+    blk = pair.blocks[0]
+    assert {n.split(".")[0] for n, _ in blk.named_parameters()} >= {"lift", "down_proj"}
+    assert not hasattr(blk, "q_up") and blk.lifts == (blk.lift,) * 3
+    assert blk.projections == (blk.down_proj,) * 2
+    assert not any("lifts" in k or "projections" in k for k in pair.state_dict())
+    with pytest.raises(ValueError, match="revffn_adapters: pair chooses the adapters of arch"):
+        ModelConfig(arch="midpoint", revffn_adapters="pair")

@@ -96,10 +96,11 @@ def moe_step_flops(cfg: ModelConfig, batch: int, seq: int) -> StepFlops:
 
     ``moe`` checkpointing recomputes the whole block: the expert outputs are saved by their
     weighting and the load-balancing loss comes last, so nothing is skipped at the end.
-    ``revffn`` (``adapters``) adds the adapters (five d x d/2 matrices per layer) and recomputes
-    both branches once; with ``revffn_query: x1`` the fixed-point inverse adds
-    ``revffn_fp_iters`` attention branch evaluations per layer: all of them, so with
-    ``revffn_fp_tol > 0`` (early stop) this is an upper bound.
+    ``revffn`` (``adapters``) adds the adapters (five d x d/2 matmuls per layer, whether the
+    matrices are five or a shared pair) and recomputes both branches once; with
+    ``revffn_query: x1`` the fixed-point inverse adds ``revffn_fp_iters`` attention branch
+    evaluations per layer: all of them, so with ``revffn_fp_tol > 0`` (early stop) this is an
+    upper bound.
     """
     tokens, d = batch * seq, cfg.d_model
     attn_mm, scores, _ = block_forward_flops(cfg, batch, seq)

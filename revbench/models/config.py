@@ -254,6 +254,13 @@ class ModelConfig:
     revffn_query: Literal["x1", "x2"] = "x1"
     """RevFFN attention queries: from X1 (the paper's cross-branch attention; X1 is rebuilt by
     fixed-point iteration) or from X2 like keys and values (an exact additive coupling)."""
+    revffn_adapters: Literal["five", "pair"] = "five"
+    """RevFFN's adapters per layer. ``five``: U1, U2, U3 lift the query half, the key/value half
+    and the FFN's input half to width d, P1, P2 project attention's and the FFN's outputs back
+    (each its own d x d/2 matrix). ``pair``: the paper's "pair of lightweight projection
+    adapters": one lift U shared by the queries, keys/values and FFN input, one projection P
+    shared by both outputs (2 matrices instead of 5; the same matmuls, so the same FLOPs and
+    activations)."""
     revffn_fp_iters: PosInt = 8
     """Most fixed-point iterations (attention evaluations) to rebuild X1 (revffn_query: x1)."""
     revffn_fp_tol: Annotated[float, Field(ge=0)] = 0.0
@@ -342,6 +349,13 @@ class ModelConfig:
                         "(the midpoint inverse divides by it)"
                     )
         self._check_retrofit_settings()
+        known = self.arch in ARCHITECTURES
+        if self.revffn_adapters != "five" and known and not arch_facts(self.arch).adapters:
+            owners = _listed(archs_where(lambda a: a.adapters))
+            raise ConfigError(
+                f"revffn_adapters: {self.revffn_adapters} chooses the adapters of arch {owners}; "
+                f"arch is '{self.arch}' (leave revffn_adapters at five)"
+            )
         for name in ("ham_a", "ham_b"):
             value = getattr(self, name)
             if bad(value):

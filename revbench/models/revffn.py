@@ -2,7 +2,8 @@
 
 The hidden state H (width d) is split into halves X1, X2 (width d/2). Adapters lift a half to
 width d (U1, U2, U3) and project back (P1, P2), so attention and the MoE FFN keep the pretrained
-width and weights:
+width and weights (``revffn_adapters: pair``: one U and one P shared by every use, the paper's
+"pair of lightweight projection adapters"):
 
     Y1 = X1 + P1(Attn(q: N1(U1(X1)), k, v: N1(U2(X2))))       cross-branch attention
     Y2 = X2 + P2(MoE(N2(U3(Y1))))
@@ -54,11 +55,24 @@ class RevFFNBlock(nn.Module):
             self.ffn = MoE(cfg)
         else:
             self.ffn = MLP(cfg) if cfg.block == "gpt2" else SwiGLU(cfg)
-        self.q_up = nn.Linear(h, d, bias=False)  # U1
-        self.kv_up = nn.Linear(h, d, bias=False)  # U2
-        self.attn_out_proj = nn.Linear(d, h, bias=False)  # P1 ("proj": scaled init)
-        self.ffn_up = nn.Linear(h, d, bias=False)  # U3
-        self.ffn_out_proj = nn.Linear(d, h, bias=False)  # P2
+        # The adapters: U1, U2, U3 (half to full width) and P1, P2 (back), five matrices or,
+        # with revffn_adapters: pair, one lift and one projection shared by every use. Each is
+        # registered once under its own name; the plain tuples below only route the uses.
+        if cfg.revffn_adapters == "five":
+            self.q_up = nn.Linear(h, d, bias=False)  # U1
+            self.kv_up = nn.Linear(h, d, bias=False)  # U2
+            self.attn_out_proj = nn.Linear(d, h, bias=False)  # P1 ("proj": scaled init)
+            self.ffn_up = nn.Linear(h, d, bias=False)  # U3
+            self.ffn_out_proj = nn.Linear(d, h, bias=False)  # P2
+            lifts = (self.q_up, self.kv_up, self.ffn_up)
+            projections = (self.attn_out_proj, self.ffn_out_proj)
+        else:
+            self.lift = nn.Linear(h, d, bias=False)  # U = U1 = U2 = U3
+            self.down_proj = nn.Linear(d, h, bias=False)  # P = P1 = P2 ("proj": scaled init)
+            lifts = (self.lift,) * 3
+            projections = (self.down_proj,) * 2
+        self.lifts: tuple[nn.Linear, ...] = lifts  # U1, U2, U3 (tuples are not registered)
+        self.projections: tuple[nn.Linear, ...] = projections  # P1, P2
         self.drop = nn.Dropout(cfg.dropout)
         self.fixed_point_residual: Tensor | None = None
         """||X1_k - X1_{k-1}|| / ||X1_k|| of the last fixed-point inverse (a 0-dim tensor)."""
@@ -66,14 +80,15 @@ class RevFFNBlock(nn.Module):
     def attn_branch(self, x1: Tensor, x2: Tensor) -> Tensor:
         """P1(Attn(N1(U1(x1 or x2)), N1(U2(x2)))), (B, T, d/2)."""
         q_in = x1 if self.query_from == "x1" else x2
-        a = self.attn(self.n1(self.q_up(q_in)), kv=self.n1(self.kv_up(x2)))  # (B, T, d)
-        return self.drop(self.attn_out_proj(a))
+        u1, u2, _ = self.lifts
+        a = self.attn(self.n1(u1(q_in)), kv=self.n1(u2(x2)))  # (B, T, d)
+        return self.drop(self.projections[0](a))
 
     def ffn_branch(self, y1: Tensor) -> tuple[Tensor, Tensor | None]:
         """(P2(FFN(N2(U3(y1)))) of width d/2, the MoE load-balancing loss or None)."""
-        z = self.n2(self.ffn_up(y1))  # (B, T, d)
+        z = self.n2(self.lifts[2](y1))  # (B, T, d)
         out, aux = self.ffn(z) if isinstance(self.ffn, MoE) else (self.ffn(z), None)
-        return self.drop(self.ffn_out_proj(out)), aux
+        return self.drop(self.projections[1](out)), aux
 
 
 @dataclass(frozen=True)
@@ -264,8 +279,9 @@ def build_revffn(cfg: ModelConfig) -> RevFFNLM:
     return RevFFNLM(cfg)
 
 
-ADAPTERS = ("q_up", "kv_up", "attn_out_proj", "ffn_up", "ffn_out_proj")
-"""RevFFN's own parameters in each block (U1, U2, P1, U3, P2); the rest is the pretrained layer."""
+ADAPTERS = ("q_up", "kv_up", "attn_out_proj", "ffn_up", "ffn_out_proj", "lift", "down_proj")
+"""RevFFN's own parameters in each block (U1, U2, P1, U3, P2; or the pair U, P); the rest is the
+pretrained layer."""
 
 
 def is_adapter(name: str) -> bool:

@@ -48,8 +48,8 @@ def block_shapes(cfg: ModelConfig) -> list[int]:
     """Element count of each parameter tensor of one block."""
     d = cfg.d_model
     block = _norm(cfg, d) + _attention(cfg) + _norm(cfg, d) + _ffn(cfg)
-    if arch_facts(cfg.arch).adapters:  # RevFFN's U1, U2, P1, U3, P2: half to full width
-        block += [d // 2 * d] * 5
+    if arch_facts(cfg.arch).adapters:  # RevFFN's U1, U2, P1, U3, P2 (or the pair U, P)
+        block += [d // 2 * d] * (5 if cfg.revffn_adapters == "five" else 2)
     return block
 
 
