@@ -208,6 +208,7 @@ def _cmd_convert(args: argparse.Namespace, out: Console, err: Console) -> int:
     from revbench.convert import ConvertConfig, convert
 
     fields = ("arch", "steps", "lr", "batch_size", "seq_len", "lm_weight", "trainable", "data")
+    fields += ("revffn_adapters",)
     fields += ("init", "init_a", "backprop", "checkpoint_every")
     given = {f: getattr(args, f) for f in (*fields, "tokenizer", "seed")}
     try:
@@ -464,6 +465,11 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--seq-len", type=int, help="tokens per sequence (default 128)")
     conv.add_argument("--lm-weight", type=float, help="weight of the LM loss (default 0)")
     conv.add_argument("--trainable", choices=["all", "blocks", "adapters"], help="default: all")
+    conv.add_argument(
+        "--revffn-adapters",
+        choices=["five", "pair"],
+        help="arch revffn: five adapters per layer (default) or the paper's shared pair",
+    )
     conv.add_argument("--data", help="corpus: kjv (default), a local file or a hub data set")
     conv.add_argument("--tokenizer", help="auto (default: the checkpoint's own), byte, or a file")
     conv.add_argument("--seed", type=int, help="default 0")

@@ -70,6 +70,9 @@ class ConvertConfig(BaseModel):
     trainable: Literal["all", "blocks", "adapters"] = "all"
     """What trains: everything; the blocks (embedding and head frozen); or, for ``revffn``,
     only its adapters (the RevFFN paper's first stage, the pretrained weights frozen)."""
+    revffn_adapters: Literal["five", "pair"] = "five"
+    """arch revffn: five adapters per layer (U1, U2, P1, U3, P2) or the paper's pair (one lift,
+    one projection shared by every use; ``ModelConfig.revffn_adapters``)."""
     data: str = "kjv"
     text_column: str = "text"
     eval_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
@@ -311,6 +314,8 @@ def distill(
 def build_student(teacher: nn.Module, cfg: ConvertConfig, source: str) -> nn.Module:
     """``cfg.arch`` with the original's weights, started as ``cfg.init`` asks."""
     settings = retrofit_settings(cfg.arch, cfg.init, cfg.init_a)
+    if cfg.revffn_adapters != "five":
+        settings["revffn_adapters"] = cfg.revffn_adapters
     student = build_model(dataclasses.replace(teacher.config, arch=cfg.arch, **settings))
     load_weights(student, teacher.state_dict(), source)
     return student
@@ -446,6 +451,12 @@ def convert(
     if cfg.trainable == "adapters" and not target.adapters:
         owners = ", ".join(archs_where(lambda a: a.adapters))
         raise ConfigError(f"trainable: adapters needs arch {owners} (the only one with adapters)")
+    if cfg.revffn_adapters != "five" and not target.adapters:
+        owners = ", ".join(archs_where(lambda a: a.adapters))
+        raise ConfigError(
+            f"revffn_adapters: {cfg.revffn_adapters} needs arch {owners} (the only one with "
+            "adapters)"
+        )
     student = build_student(teacher, cfg, str(source))
     tok = tokenizer or get_tokenizer(cfg.tokenizer, str(source))
     if tok.vocab_size > teacher.config.vocab_size:

@@ -121,12 +121,14 @@ def tiny_qwen_moe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.parametrize(("adapters", "per_layer"), [("five", 5), ("pair", 2)])
 def test_moe_original_into_revffn_training_only_the_adapters(
-    tiny_qwen_moe: Path, tmp_path: Path
+    tiny_qwen_moe: Path, tmp_path: Path, adapters: str, per_layer: int
 ) -> None:
     """RevFFN's first stage: the pretrained attention, norms and MoE stay as they were, the
-    adapters learn to match the original; the KL falls."""
-    cfg = ConvertConfig(arch="revffn", trainable="adapters", **FAST)
+    adapters (five per layer, or the paper's shared pair) learn to match the original; the KL
+    falls, and the saved model comes back with the same adapters."""
+    cfg = ConvertConfig(arch="revffn", trainable="adapters", revffn_adapters=adapters, **FAST)
     model, report = convert(tiny_qwen_moe, cfg, tokenizer=ByteTokenizer(), out=tmp_path)
     assert report.kl_after_nats < 0.7 * report.kl_before_nats, report
     original = {
@@ -139,8 +141,11 @@ def test_moe_original_into_revffn_training_only_the_adapters(
             assert torch.equal(t, original[name]), name
         else:
             trained += 1
-    assert trained == 5 * model.config.n_layers  # the adapters, U1 U2 P1 U3 P2 per layer
-    assert from_pretrained(tmp_path).config.arch == "revffn"
+    assert trained == per_layer * model.config.n_layers  # U1 U2 P1 U3 P2, or U and P
+    back = from_pretrained(tmp_path)
+    assert back.config.arch == "revffn" and back.config.revffn_adapters == adapters
+    for name, t in back.state_dict().items():
+        assert torch.equal(t, model.state_dict()[name]), name
 
 
 def test_conversion_pairs_that_do_not_exist_are_refused(
@@ -151,6 +156,8 @@ def test_conversion_pairs_that_do_not_exist_are_refused(
         convert(tiny_qwen_moe, ConvertConfig(arch="midpoint", steps=0), tokenizer=tok)
     with pytest.raises(ConfigError, match="trainable: adapters needs arch revffn"):
         convert(tiny_llama, ConvertConfig(trainable="adapters", steps=0), tokenizer=tok)
+    with pytest.raises(ConfigError, match="revffn_adapters: pair needs arch revffn"):
+        convert(tiny_llama, ConvertConfig(revffn_adapters="pair", steps=0), tokenizer=tok)
 
 
 def test_suite_on_an_moe_checkpoint_keeps_the_reference_and_distils_revffn_adapters(
