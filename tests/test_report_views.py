@@ -165,3 +165,18 @@ def test_a_view_added_to_the_registry_reaches_the_report(
     md = (tmp_path / "report.md").read_text()
     assert "## Toy statuses" in md and "| ok |" in md
     assert r"\label{tab:toy}" in (tmp_path / "tables.tex").read_text()
+
+
+def test_the_planner_view_is_a_report_section_when_rows_carry_predictions() -> None:
+    """The prediction view's section: measured and predicted MiB and the signed error per
+    point, the |error| summary in its caption; absent when no row carries a prediction."""
+    from revbench.analysis import prediction
+
+    df = results.load(BASE)
+    assert "prediction" not in {s.key for s in sections(df)}
+    df["predicted_peak_bytes"] = df["peak_mem_delta_bytes"] * 1.02
+    (sec,) = [s for s in sections(df) if s.key == "prediction"]
+    assert set(sec.table["error"]) == {"+2.0%"}
+    assert sec.caption.startswith(f"{len(sec.table)} points; |error| median 2.0%, max 2.0%.")
+    assert list(sec.table.columns)[-3:] == ["measured (MiB)", "predicted (MiB)", "error"]
+    assert prediction.table(df)["error"].round(6).eq(0.02).all()
