@@ -19,7 +19,13 @@ data, mapped before the fork) are in the baseline and never charged to the model
 both paths row by row (tests/test_zygote.py). glibc reads ``MALLOC_MMAP_THRESHOLD_`` once, when
 malloc starts, so each distinct metric environment gets its own zygote started with it. CUDA is
 never initialised in the zygote (importing torch does not; a fork after CUDA initialisation
-would be broken).
+would be broken). Nor does the zygote ever run a tensor op: one warm-up step in the zygote, to
+hand its built kernels to every fork, left the forked case process hanging (the OpenMP thread
+team of the parent does not survive a fork). The cold start of each case process (thread pools,
+kernels built per shape, heap growth) is the price of its fresh address space. Neither does the
+preload list grow lightly: preloading five more small revbench modules moved baseline's warm
+peak +1.9% against a fresh process (test_zygote's 1% bound), so ``child.PRELOAD`` is what it is
+for the heap history it gives, not for speed.
 
 Protocol (one request at a time, JSON lines): the runner writes ``{"argv", "log", "cwd", "env"}``;
 the zygote answers ``{"pid"}`` once the case process exists and ``{"pid", "status"}`` when it
