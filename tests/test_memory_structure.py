@@ -14,25 +14,21 @@ import sys
 
 import pytest
 import torch
+from tinymodels import make_model, saved_bytes, token_batch
 
 from revbench.measure.memory import SavedTensors
-from revbench.models import ModelConfig, build_model
 
 SHAPE = {"vocab_size": 64, "d_model": 32, "n_heads": 2, "max_seq_len": 64}
 
 
-def saved_bytes(n_layers: int, **overrides: object) -> int:
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(**{**SHAPE, "n_layers": n_layers, **overrides}))  # type: ignore[arg-type]
-    ids = torch.randint(64, (4, 64), generator=torch.Generator().manual_seed(0))
-    with SavedTensors(model.parameters()) as saved:
-        model(ids, labels=ids).loss.backward()
-    return saved.bytes
+def saved(n_layers: int, arch: str, **overrides: object) -> int:
+    model = make_model(arch, shape=SHAPE, n_layers=n_layers, **overrides)
+    return saved_bytes(model, token_batch(64, 4, 64, seed=0))
 
 
 @pytest.fixture(scope="module")
 def baseline_growth() -> int:
-    return saved_bytes(32, arch="baseline") - saved_bytes(4, arch="baseline")
+    return saved(32, arch="baseline") - saved(4, arch="baseline")
 
 
 # Measured (batch 4 x seq 64, d_model 32, fp32), bytes at 4 -> 32 layers: baseline
@@ -40,18 +36,18 @@ def baseline_growth() -> int:
 # 169,444 both; hamiltonian and revnet 202,212 both (the two final states plus head and loss).
 @pytest.mark.parametrize("arch", ["midpoint", "leapfrog", "hamiltonian", "revnet"])
 def test_reversible_saved_bytes_flat_in_depth(arch: str, baseline_growth: int) -> None:
-    growth = saved_bytes(32, arch=arch) - saved_bytes(4, arch=arch)
-    assert baseline_growth > 10 * saved_bytes(4, arch=arch)  # activations dominate the setup
+    growth = saved(32, arch=arch) - saved(4, arch=arch)
+    assert baseline_growth > 10 * saved(4, arch=arch)  # activations dominate the setup
     assert abs(growth) < 0.1 * baseline_growth
 
 
 def test_baseline_saved_bytes_linear_and_checkpointing_between(baseline_growth: int) -> None:
-    b4, b8 = saved_bytes(4, arch="baseline"), saved_bytes(8, arch="baseline")
+    b4, b8 = saved(4, arch="baseline"), saved(8, arch="baseline")
     assert b8 - b4 == pytest.approx(baseline_growth / 7, rel=0.01)  # same bytes per layer
-    ckpt = saved_bytes(32, arch="baseline", checkpointing=True) - saved_bytes(
+    ckpt = saved(32, arch="baseline", checkpointing=True) - saved(
         4, arch="baseline", checkpointing=True
     )
-    flat = saved_bytes(32, arch="midpoint") - saved_bytes(4, arch="midpoint")
+    flat = saved(32, arch="midpoint") - saved(4, arch="midpoint")
     assert flat < ckpt < 0.25 * baseline_growth  # block inputs only: one (B, T, C) per layer
 
 
