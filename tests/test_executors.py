@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from test_runner import write
+from conftest import write_suite
 
 from revbench import results
 from revbench.cli import main
@@ -56,7 +56,7 @@ def test_importing_revbench_imports_neither_ray_nor_submitit() -> None:
 
 
 def test_ray_and_submitit_rows_match_the_local_executor(tmp_path: Path) -> None:
-    suite = write(tmp_path, SUITE)
+    suite = write_suite(tmp_path, SUITE)
     local = run_suite(suite, tmp_path / "local", quiet=True)
     import ray
 
@@ -116,7 +116,7 @@ def test_a_killed_ray_worker_fails_its_case_and_resume_finishes_it(tmp_path: Pat
     text = SUITE.replace("name: spread", "name: spread_kill").replace(
         "  - {name: broken, arch: leapfrog, fault: error}\n", ""
     )
-    suite = write(tmp_path, text)
+    suite = write_suite(tmp_path, text)
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "revbench.cli", "run", str(suite), "--out", str(out)]
     driver = subprocess.Popen(
@@ -145,7 +145,7 @@ def test_a_killed_ray_worker_fails_its_case_and_resume_finishes_it(tmp_path: Pat
 def test_a_resource_no_node_has_is_refused_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    suite = write(tmp_path, SUITE.replace("metrics:", "resources: {H100: 1}\nmetrics:"))
+    suite = write_suite(tmp_path, SUITE.replace("metrics:", "resources: {H100: 1}\nmetrics:"))
     out = tmp_path / "res"
     assert main(["run", str(suite), "--out", str(out), "--executor", "ray", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -159,7 +159,7 @@ def test_a_resource_no_node_has_is_refused_before_anything_runs(
 
 def test_resources_block_defaults_and_overrides(tmp_path: Path) -> None:
     suite = load_suite(
-        write(tmp_path, SUITE.replace("metrics:", "resources: {CPU: 4, A100: 1}\nmetrics:"))
+        write_suite(tmp_path, SUITE.replace("metrics:", "resources: {CPU: 4, A100: 1}\nmetrics:"))
     )
     case = suite.cases[0]
     assert suite.resources == Resources(4.0, None, {"A100": 1.0})
@@ -180,7 +180,7 @@ def test_resources_block_defaults_and_overrides(tmp_path: Path) -> None:
     ],
 )
 def test_bad_resources_block_is_one_line(tmp_path: Path, block: str, message: str) -> None:
-    path = write(tmp_path, SUITE.replace("metrics:", f"resources: {block}\nmetrics:"))
+    path = write_suite(tmp_path, SUITE.replace("metrics:", f"resources: {block}\nmetrics:"))
     with pytest.raises(
         SuiteError, match=f"^{path}: {message}$".replace("[", r"\[").replace("{", r"\{")
     ):
@@ -215,7 +215,7 @@ def test_bad_executor_options_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     out = tmp_path / "res"
-    assert main(["run", str(write(tmp_path, SUITE)), "--out", str(out), *args]) == 2
+    assert main(["run", str(write_suite(tmp_path, SUITE)), "--out", str(out), *args]) == 2
     assert capsys.readouterr().err.strip() == f"revbench: error: {message}"
     assert not out.exists()
 
@@ -239,7 +239,7 @@ def _is_case(proc: psutil.Process) -> bool:
 
 
 def test_sigterm_stops_the_run_and_its_case_processes(tmp_path: Path) -> None:
-    suite = write(
+    suite = write_suite(
         tmp_path,
         SUITE.replace("name: spread", "name: spread_term").replace(
             "  - {name: base, arch: baseline}\n", "  - {name: base, arch: baseline, fault: hang}\n"
@@ -317,7 +317,7 @@ def test_retries_and_resources_reach_the_ray_task_options(
 ) -> None:
     fake = _FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
-    suite = write(tmp_path, ONE.replace("metrics:", "resources: {CPU: 2}\nmetrics:"))
+    suite = write_suite(tmp_path, ONE.replace("metrics:", "resources: {CPU: 2}\nmetrics:"))
     out = tmp_path / "res"
     args = ["run", str(suite), "--out", str(out), "--executor", "ray", "--quiet"]
     assert main([*args, "--retries", "3", "--resources", "H100=1,GPU=0"]) == 0
@@ -376,7 +376,7 @@ def test_slurm_parameters_from_the_suite_and_command_line(
         "metrics:", "resources: {CPU: 3, A100: 1}\nmetrics:"
     )
     out = tmp_path / "res"
-    args = ["run", str(write(tmp_path, text)), "--out", str(out), "--executor", "slurm"]
+    args = ["run", str(write_suite(tmp_path, text)), "--out", str(out), "--executor", "slurm"]
     assert main([*args, "--partition", "gpu", "--resources", "H100=1,GPU=2", "--quiet"]) == 0
     (params,) = fake.executors
     assert params["cluster"] == "slurm" and params["folder"] == out / ".submitit" / "%j"
