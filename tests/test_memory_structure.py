@@ -7,6 +7,7 @@ onto mmap, so freed tensors leave the resident set.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -21,6 +22,7 @@ from revbench.measure.memory import SavedTensors
 SHAPE = {"vocab_size": 64, "d_model": 32, "n_heads": 2, "max_seq_len": 64}
 
 
+@functools.cache  # the same model's bytes serve several tests
 def saved(n_layers: int, arch: str, **overrides: object) -> int:
     model = make_model(arch, shape=SHAPE, n_layers=n_layers, **overrides)
     return saved_bytes(model, token_batch(64, 4, 64, seed=0))
