@@ -104,6 +104,7 @@ def _run(tmp_path: Path, name: str, budget: str, cases: str) -> pd.DataFrame:
     return results.load(tmp_path / name).set_index("case")
 
 
+@pytest.mark.slow
 def test_a_budget_between_two_sizes_reports_the_lower_one(tmp_path: Path) -> None:
     # 1. the footprint at batch 2 and 3, and at sequence length 128 and 192 (batch 2): a
     #    search capped there under a large budget runs one trial, at the cap

@@ -117,18 +117,21 @@ def _same_rows_as_local(
     assert (got.loc[got["status"] == "ok", "torch_threads"] == 1).all()  # threads: 1
 
 
+@pytest.mark.slow
 def test_ray_rows_match_the_local_executor(
     ray_run: tuple[RunReport, pd.DataFrame], local_run: tuple[RunReport, pd.DataFrame]
 ) -> None:
     _same_rows_as_local(ray_run, local_run)
 
 
+@pytest.mark.slow
 def test_the_ray_executor_leaves_a_running_instance_running(
     ray_run: tuple[RunReport, pd.DataFrame], ray_instance: object
 ) -> None:
     assert ray_instance.is_initialized()  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_submitit_rows_match_the_local_executor(
     slurm_run: tuple[RunReport, pd.DataFrame], local_run: tuple[RunReport, pd.DataFrame]
 ) -> None:
@@ -156,6 +159,7 @@ def _kill_ray_worker_of_first_case_process(driver_pid: int, deadline_s: float = 
     raise AssertionError("no case process appeared under the driver")
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_fails_its_case_and_resume_finishes_it(tmp_path: Path) -> None:
     text = SUITE.replace("name: spread", "name: spread_kill").replace(
         "  - {name: broken, arch: leapfrog, fault: error}\n", ""
@@ -186,6 +190,7 @@ def test_a_killed_ray_worker_fails_its_case_and_resume_finishes_it(tmp_path: Pat
     assert set(done[done["status"] == "ok"]["case"]) == {"base", "mid"}
 
 
+@pytest.mark.slow
 def test_a_resource_no_node_has_is_refused_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], ray_instance: object
 ) -> None:

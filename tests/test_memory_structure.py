@@ -139,6 +139,7 @@ def peak_delta(arch: str, n_layers: int) -> int:
 # Measured (batch 8 x seq 256, d_model 64, fp32, one fwd+bwd, minus param and grad bytes), peak
 # RSS growth over the memory before the step, 4 -> 32 layers: baseline 47.7 -> 269.8 MiB
 # (+222 MiB, ~7.9 MiB per layer); midpoint 30.2 -> 30.9 MiB (+0.6 MiB, 0.3% of that growth).
+@pytest.mark.slow
 def test_peak_rss_of_reversible_flat_in_depth() -> None:
     base = peak_delta("baseline", 32) - peak_delta("baseline", 4)
     rev = peak_delta("midpoint", 32) - peak_delta("midpoint", 4)

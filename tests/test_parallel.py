@@ -129,6 +129,7 @@ def _reference(case: Case) -> dict[str, torch.Tensor]:
 NAMES = [c["name"] for c in SUITE["cases"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_two_processes_give_the_global_batch_gradients(
     runs: tuple[dict[str, Any], dict[str, Case]], name: str
@@ -188,6 +189,7 @@ def _frozen_worker(rank: int, port: int, tmp: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_with_a_frozen_embedding_gives_the_global_batch_gradients(tmp_path: Path) -> None:
     mp.spawn(_frozen_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     got = torch.load(tmp_path / "frozen.pt")
@@ -213,6 +215,7 @@ metrics: [peak_memory, throughput]
 """
 
 
+@pytest.mark.slow
 def test_a_ddp_case_run_by_the_runner_gives_one_row_for_both_ranks(tmp_path: Path) -> None:
     (ok,) = run_rows(tmp_path, RUNNER_SUITE)
     assert ok["status"] == "ok", ok["error"]

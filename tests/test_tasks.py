@@ -47,6 +47,7 @@ def test_intervals() -> None:
     assert 1.0 <= lo < 3.0 < hi <= 5.0
 
 
+@pytest.mark.slow
 def test_classification_fine_tune_beats_chance_on_shipped_tweets() -> None:
     """300 steps (~15 s): held-out accuracy's 95% interval lies above the majority class."""
     res = build_task("classify").run(_ctx(_model(), 300))

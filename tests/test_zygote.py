@@ -32,6 +32,7 @@ def _rows(tmp_path: Path, warm: bool) -> dict[str, dict]:
     return {r["model.arch"]: r for r in rows}
 
 
+@pytest.mark.slow
 def test_warm_and_fresh_case_processes_measure_the_same(tmp_path: Path) -> None:
     """Every architecture: the same activation bytes exactly, the same measured peak within 1%
     (a fork shares torch's pages with the zygote; the warmed baseline absorbs them). Sizes are
