@@ -6,9 +6,11 @@ import importlib
 import importlib.util
 import os
 import shutil
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -45,6 +47,22 @@ def require_program(*names: str, hint: str) -> str:
             return found
     missing(f"needs {' or '.join(names)} on PATH: {hint}")
     raise AssertionError("unreachable")
+
+
+def write_suite(folder: Path, text: str, name: str = "suite.yaml") -> Path:
+    """``text``, dedented, as the suite file ``folder/name``; its path."""
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def run_rows(folder: Path, text: str, out: str = "res", **run: Any) -> list[dict[str, Any]]:
+    """Write ``text`` as a suite under ``folder`` and run it in this process
+    (``runner.run_suite``, quiet, results in ``folder/out``; ``run``: more of its options):
+    the rows of the run, in suite order."""
+    from revbench.runner import run_suite
+
+    return run_suite(write_suite(folder, text), folder / out, quiet=True, **run).rows
 
 
 @pytest.fixture

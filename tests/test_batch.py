@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import write_suite
 
 from revbench import results
 from revbench.cli import main
@@ -63,10 +64,8 @@ metrics: [max_batch_size]
 
 
 def test_real_trials_in_child_processes_and_forced_oom_is_a_trial(tmp_path: Path) -> None:
-    suite = tmp_path / "s.yaml"
-    suite.write_text(
-        textwrap.dedent(SUITE) + "cases:\n  - {name: fine}\n  - {name: oom, fault: oom}\n"
-    )
+    cases = "cases:\n  - {name: fine}\n  - {name: oom, fault: oom}\n"
+    suite = write_suite(tmp_path, textwrap.dedent(SUITE) + cases)
     assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     df = results.load(tmp_path / "r").set_index("case")
     fine = df.loc["fine"]
@@ -99,12 +98,13 @@ metrics: [throughput_at_max_batch]
 
 
 def _run(tmp_path: Path, name: str, budget: str, cases: str) -> pd.DataFrame:
-    suite = tmp_path / f"{name}.yaml"
-    suite.write_text(textwrap.dedent(PROBE).format(name=name, budget=budget, cases=cases))
+    text = textwrap.dedent(PROBE).format(name=name, budget=budget, cases=cases)
+    suite = write_suite(tmp_path, text, f"{name}.yaml")
     assert main(["run", str(suite), "--out", str(tmp_path / name), "--quiet"]) == 0
     return results.load(tmp_path / name).set_index("case")
 
 
+@pytest.mark.slow
 def test_a_budget_between_two_sizes_reports_the_lower_one(tmp_path: Path) -> None:
     # 1. the footprint at batch 2 and 3, and at sequence length 128 and 192 (batch 2): a
     #    search capped there under a large budget runs one trial, at the cap
@@ -152,9 +152,9 @@ def test_a_budget_between_two_sizes_reports_the_lower_one(tmp_path: Path) -> Non
 def test_repeats_median_row_unstable_flag_and_reconstruction_through_the_runner(
     tmp_path: Path,
 ) -> None:
-    suite = tmp_path / "rep.yaml"
-    suite.write_text(
-        textwrap.dedent("""
+    suite = write_suite(
+        tmp_path,
+        """
         name: rep
         defaults:
           model: {vocab_size: 64, d_model: 32, n_heads: 2, max_seq_len: 16, n_layers: 3,
@@ -165,7 +165,8 @@ def test_repeats_median_row_unstable_flag_and_reconstruction_through_the_runner(
         cases:
           - {name: mid}
         metrics: [throughput, reconstruction]
-        """)
+        """,
+        "rep.yaml",
     )
     assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     df = results.load(tmp_path / "r").set_index("repeat").sort_index()

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 import torch
 from gradcheck import grad_error, loss_and_grads, rel
-from torch.utils.flop_counter import FlopCounterMode
+from tinymodels import saved_bytes, step_flops
 
-from revbench.measure.flops import register_cpu_attention_formulas, training_step_flops
-from revbench.measure.memory import SavedTensors
+from revbench.measure.flops import training_step_flops
 from revbench.models import ARCHITECTURES, ModelConfig, arch_facts, build_model, reversible
 from revbench.models.reversible import reconstruction_errors
 
@@ -68,40 +67,24 @@ def test_reconstruction_is_exact_in_float64(arch: str) -> None:
     assert max(errors) < 1e-12, errors
 
 
-def saved_bytes(arch: str, n_layers: int) -> int:
-    model = model_of(arch, torch.float32, n_layers=n_layers)
-    batch = ids(4, 24)
-    with SavedTensors(model.parameters()) as saved:
-        out = model(batch, labels=batch)
-        (out.loss if out.aux_loss is None else out.loss + out.aux_loss).backward()
-    return saved.bytes
+def saved(arch: str, n_layers: int) -> int:
+    return saved_bytes(model_of(arch, torch.float32, n_layers=n_layers), ids(4, 24))
 
 
 @pytest.mark.parametrize("arch", REVERSIBLE)
 def test_saved_bytes_do_not_grow_with_depth(arch: str) -> None:
     """What autograd keeps for the backward, 2 -> 8 layers: the baseline's grows by six layers'
     activations, a reversible model's not at all (the final states, head and loss only)."""
-    baseline = saved_bytes("baseline", 8) - saved_bytes("baseline", 2)
-    growth = saved_bytes(arch, 8) - saved_bytes(arch, 2)
-    assert baseline > 5 * saved_bytes(arch, 2) / 10  # activations are a visible share
+    baseline = saved("baseline", 8) - saved("baseline", 2)
+    growth = saved(arch, 8) - saved(arch, 2)
+    assert baseline > 5 * saved(arch, 2) / 10  # activations are a visible share
     assert abs(growth) < 0.02 * baseline, (growth, baseline)
-
-
-def counted(model: torch.nn.Module) -> tuple[int, int]:
-    register_cpu_attention_formulas()
-    batch = ids(2, 24)
-    with FlopCounterMode(display=False) as fwd:
-        out = model(batch, labels=batch)
-    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-    with FlopCounterMode(display=False) as bwd:
-        loss.backward()
-    return fwd.get_total_flops(), bwd.get_total_flops()
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_analytic_flops_equal_the_flop_counter(arch: str) -> None:
     cfg = ModelConfig(**settings(arch, n_layers=3))
-    fwd, bwd = counted(build_model(cfg))
+    fwd, bwd = step_flops(build_model(cfg), ids(2, 24))
     want = training_step_flops(cfg, 2, 24)
     assert fwd == want.forward
     assert bwd == want.backward + want.recompute

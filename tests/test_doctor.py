@@ -22,6 +22,7 @@ from revbench.measure import timer
 from revbench.models import ARCHITECTURES
 
 
+@pytest.mark.slow
 def test_cli_doctor_quick_cpu(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     rc = main(["doctor", "--device", "cpu", "--quick", "--out", str(tmp_path)])
     captured = capsys.readouterr()

@@ -8,19 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import psutil
 import pytest
-from test_runner import write
+from conftest import require_module, write_suite
 
 from revbench import results
 from revbench.cli import main
 from revbench.errors import SuiteError
 from revbench.executors import make_executor
 from revbench.resources import Resources
-from revbench.runner import plan, run_suite
+from revbench.runner import RunReport, plan, run_suite
 from revbench.suite import load_suite
 
 SUITE = """
@@ -55,40 +56,86 @@ def test_importing_revbench_imports_neither_ray_nor_submitit() -> None:
     assert out.stdout.strip() == "[]"
 
 
-def test_ray_and_submitit_rows_match_the_local_executor(tmp_path: Path) -> None:
-    suite = write(tmp_path, SUITE)
-    local = run_suite(suite, tmp_path / "local", quiet=True)
-    import ray
-
-    # A Ray instance with a custom resource the case runs ask for, as a GPU type would be;
-    # the executor joins the running instance and leaves it running.
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[object]:
+    """One local Ray instance for the module's in-process Ray tests, with a custom resource the
+    case runs may ask for, as a GPU type would be; executors join it and leave it running."""
+    ray = require_module("ray")
     ray.init(num_cpus=2, resources={"H100": 2}, include_dashboard=False, log_to_driver=False)
     try:
-        executor = make_executor("ray")
-        asks = Resources.parse({"H100": 1})
-        spread = run_suite(suite, tmp_path / "ray", quiet=True, executor=executor, resources=asks)
-        executor.close()
-        assert ray.is_initialized()
+        yield ray
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def spread(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder holding SUITE's file; each executor's run writes its rows below it."""
+    return write_suite(tmp_path_factory.mktemp("spread"), SUITE).parent
+
+
+def _run(folder: Path, name: str, **kw: object) -> tuple[RunReport, pd.DataFrame]:
+    report = run_suite(folder / "suite.yaml", folder / name, quiet=True, **kw)  # type: ignore[arg-type]
+    return report, results.load(folder / name)
+
+
+@pytest.fixture(scope="module")
+def local_run(spread: Path) -> tuple[RunReport, pd.DataFrame]:
+    return _run(spread, "local")
+
+
+@pytest.fixture(scope="module")
+def ray_run(spread: Path, ray_instance: object) -> tuple[RunReport, pd.DataFrame]:
+    executor = make_executor("ray")
+    try:
+        return _run(spread, "ray", executor=executor, resources=Resources.parse({"H100": 1}))
+    finally:
+        executor.close()
+
+
+@pytest.fixture(scope="module")
+def slurm_run(spread: Path) -> tuple[RunReport, pd.DataFrame]:
     from revbench.executors.slurm import SlurmExecutor
 
-    slurm = SlurmExecutor(tmp_path / "slurm", cluster="local")  # submitit's local processes
-    jobs = run_suite(suite, tmp_path / "slurm", quiet=True, executor=slurm)
+    slurm = SlurmExecutor(spread / "slurm", cluster="local")  # submitit's local processes
+    return _run(spread, "slurm", executor=slurm)
 
-    want = _outcomes(results.load(tmp_path / "local"))
+
+def _same_rows_as_local(
+    run: tuple[RunReport, pd.DataFrame], local: tuple[RunReport, pd.DataFrame]
+) -> None:
+    (report, got), (local_report, want) = run, local
     assert sorted(want["status"]) == ["error", "ok", "ok"]
-    for report, folder in ((spread, "ray"), (jobs, "slurm")):
-        got = results.load(tmp_path / folder)
-        pd.testing.assert_frame_equal(_outcomes(got), want)
-        assert [r["case"] for r in report.rows] == [r["case"] for r in local.rows]  # suite order
-        # Each row describes the host and device its worker measured on.
-        assert (
-            got["hostname"].notna().all()
-            and (got["status"].eq("ok") <= got["device_type"].eq("cpu")).all()
-        )
-        assert got["peak_mem_bytes"].notna().sum() == 2
-        assert (got.loc[got["status"] == "ok", "torch_threads"] == 1).all()  # threads: 1
+    pd.testing.assert_frame_equal(_outcomes(got), _outcomes(want))
+    assert [r["case"] for r in report.rows] == [r["case"] for r in local_report.rows]  # suite order
+    # Each row describes the host and device its worker measured on.
+    assert (
+        got["hostname"].notna().all()
+        and (got["status"].eq("ok") <= got["device_type"].eq("cpu")).all()
+    )
+    assert got["peak_mem_bytes"].notna().sum() == 2
+    assert (got.loc[got["status"] == "ok", "torch_threads"] == 1).all()  # threads: 1
+
+
+@pytest.mark.slow
+def test_ray_rows_match_the_local_executor(
+    ray_run: tuple[RunReport, pd.DataFrame], local_run: tuple[RunReport, pd.DataFrame]
+) -> None:
+    _same_rows_as_local(ray_run, local_run)
+
+
+@pytest.mark.slow
+def test_the_ray_executor_leaves_a_running_instance_running(
+    ray_run: tuple[RunReport, pd.DataFrame], ray_instance: object
+) -> None:
+    assert ray_instance.is_initialized()  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+def test_submitit_rows_match_the_local_executor(
+    slurm_run: tuple[RunReport, pd.DataFrame], local_run: tuple[RunReport, pd.DataFrame]
+) -> None:
+    _same_rows_as_local(slurm_run, local_run)
 
 
 def _kill_ray_worker_of_first_case_process(driver_pid: int, deadline_s: float = 90) -> None:
@@ -112,11 +159,12 @@ def _kill_ray_worker_of_first_case_process(driver_pid: int, deadline_s: float = 
     raise AssertionError("no case process appeared under the driver")
 
 
+@pytest.mark.slow
 def test_a_killed_ray_worker_fails_its_case_and_resume_finishes_it(tmp_path: Path) -> None:
     text = SUITE.replace("name: spread", "name: spread_kill").replace(
         "  - {name: broken, arch: leapfrog, fault: error}\n", ""
     )
-    suite = write(tmp_path, text)
+    suite = write_suite(tmp_path, text)
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "revbench.cli", "run", str(suite), "--out", str(out)]
     driver = subprocess.Popen(
@@ -142,14 +190,15 @@ def test_a_killed_ray_worker_fails_its_case_and_resume_finishes_it(tmp_path: Pat
     assert set(done[done["status"] == "ok"]["case"]) == {"base", "mid"}
 
 
+@pytest.mark.slow
 def test_a_resource_no_node_has_is_refused_before_anything_runs(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], ray_instance: object
 ) -> None:
-    suite = write(tmp_path, SUITE.replace("metrics:", "resources: {H100: 1}\nmetrics:"))
+    suite = write_suite(tmp_path, SUITE.replace("metrics:", "resources: {A100: 1}\nmetrics:"))
     out = tmp_path / "res"
     assert main(["run", str(suite), "--out", str(out), "--executor", "ray", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "asks for {'CPU': 1.0, 'H100': 1.0}" in err[0]
+    assert len(err) == 1 and "asks for {'CPU': 1.0, 'A100': 1.0}" in err[0]
     assert "no node of the Ray cluster has that" in err[0]
     assert not out.exists() or not list(out.rglob("*.parquet"))
 
@@ -159,7 +208,7 @@ def test_a_resource_no_node_has_is_refused_before_anything_runs(
 
 def test_resources_block_defaults_and_overrides(tmp_path: Path) -> None:
     suite = load_suite(
-        write(tmp_path, SUITE.replace("metrics:", "resources: {CPU: 4, A100: 1}\nmetrics:"))
+        write_suite(tmp_path, SUITE.replace("metrics:", "resources: {CPU: 4, A100: 1}\nmetrics:"))
     )
     case = suite.cases[0]
     assert suite.resources == Resources(4.0, None, {"A100": 1.0})
@@ -180,7 +229,7 @@ def test_resources_block_defaults_and_overrides(tmp_path: Path) -> None:
     ],
 )
 def test_bad_resources_block_is_one_line(tmp_path: Path, block: str, message: str) -> None:
-    path = write(tmp_path, SUITE.replace("metrics:", f"resources: {block}\nmetrics:"))
+    path = write_suite(tmp_path, SUITE.replace("metrics:", f"resources: {block}\nmetrics:"))
     with pytest.raises(
         SuiteError, match=f"^{path}: {message}$".replace("[", r"\[").replace("{", r"\{")
     ):
@@ -215,7 +264,7 @@ def test_bad_executor_options_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     out = tmp_path / "res"
-    assert main(["run", str(write(tmp_path, SUITE)), "--out", str(out), *args]) == 2
+    assert main(["run", str(write_suite(tmp_path, SUITE)), "--out", str(out), *args]) == 2
     assert capsys.readouterr().err.strip() == f"revbench: error: {message}"
     assert not out.exists()
 
@@ -239,7 +288,7 @@ def _is_case(proc: psutil.Process) -> bool:
 
 
 def test_sigterm_stops_the_run_and_its_case_processes(tmp_path: Path) -> None:
-    suite = write(
+    suite = write_suite(
         tmp_path,
         SUITE.replace("name: spread", "name: spread_term").replace(
             "  - {name: base, arch: baseline}\n", "  - {name: base, arch: baseline, fault: hang}\n"
@@ -317,7 +366,7 @@ def test_retries_and_resources_reach_the_ray_task_options(
 ) -> None:
     fake = _FakeRay()
     monkeypatch.setitem(sys.modules, "ray", fake)
-    suite = write(tmp_path, ONE.replace("metrics:", "resources: {CPU: 2}\nmetrics:"))
+    suite = write_suite(tmp_path, ONE.replace("metrics:", "resources: {CPU: 2}\nmetrics:"))
     out = tmp_path / "res"
     args = ["run", str(suite), "--out", str(out), "--executor", "ray", "--quiet"]
     assert main([*args, "--retries", "3", "--resources", "H100=1,GPU=0"]) == 0
@@ -376,7 +425,7 @@ def test_slurm_parameters_from_the_suite_and_command_line(
         "metrics:", "resources: {CPU: 3, A100: 1}\nmetrics:"
     )
     out = tmp_path / "res"
-    args = ["run", str(write(tmp_path, text)), "--out", str(out), "--executor", "slurm"]
+    args = ["run", str(write_suite(tmp_path, text)), "--out", str(out), "--executor", "slurm"]
     assert main([*args, "--partition", "gpu", "--resources", "H100=1,GPU=2", "--quiet"]) == 0
     (params,) = fake.executors
     assert params["cluster"] == "slurm" and params["folder"] == out / ".submitit" / "%j"

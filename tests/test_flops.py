@@ -6,15 +6,9 @@ import dataclasses
 
 import pytest
 import torch
-from tinymodels import token_batch
-from torch.utils.flop_counter import FlopCounterMode
+from tinymodels import step_flops, token_batch
 
-from revbench.measure.flops import (
-    peak_tflops,
-    register_cpu_attention_formulas,
-    training_step_flops,
-    utilisation,
-)
+from revbench.measure.flops import peak_tflops, training_step_flops, utilisation
 from revbench.models import ModelConfig, build_model
 
 
@@ -26,14 +20,7 @@ def tiny(**overrides: object) -> ModelConfig:
 
 def counted(model: torch.nn.Module) -> tuple[int, int]:
     """(forward, backward) FLOPs FlopCounterMode counts for one step on a 2 x 24 batch."""
-    register_cpu_attention_formulas()
-    ids = token_batch(96, 2, 24, seed=0)
-    with FlopCounterMode(display=False) as fwd:
-        out = model(ids, labels=ids)
-    loss = out.loss if out.aux_loss is None else out.loss + out.aux_loss
-    with FlopCounterMode(display=False) as bwd:
-        loss.backward()
-    return fwd.get_total_flops(), bwd.get_total_flops()
+    return step_flops(model, token_batch(96, 2, 24, seed=0))
 
 
 CASES = [

@@ -133,6 +133,7 @@ def test_run_sh_rejects_bad_arguments(tmp_path: Path) -> None:
         assert proc.stderr.strip().count("\n") == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_run_sh_tiny_on_cpu_end_to_end(tmp_path: Path) -> None:
     out, empty = tmp_path / "out", tmp_path / "no-wheels"
     empty.mkdir()

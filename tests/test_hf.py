@@ -180,6 +180,7 @@ def test_unsupported_family_and_overrides(tmp_path: Path) -> None:
         read_model_config(tmp_path / "g", d_model=64)
 
 
+@pytest.mark.slow
 def test_smollm2_gguf_logits_equal_transformers() -> None:
     """The real SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised by transformers): ~25 s."""
     require(

@@ -186,6 +186,7 @@ EDGE = [
 ]
 
 
+@pytest.mark.slow  # the smollm2 fixture loads the GGUF model: ~20 s
 @pytest.mark.parametrize(
     ("adds_bos", "add_bos_token"),
     [(False, None), (True, None), (True, False)],
@@ -231,6 +232,7 @@ def test_tokens_equal_hflms(
     assert seen == ours and len(ours) > len(texts)  # one text spans several windows
 
 
+@pytest.mark.slow
 def test_loglikelihoods_and_metrics_equal_hflms(smollm2: SimpleNamespace) -> None:
     """simple_evaluate on both fixture tasks: every request's loglikelihood within 1e-4 of
     HFLM's (and the same is_greedy), and the same final metrics."""
@@ -405,6 +407,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_suite_rows_equal_hflms_metrics(tiny_checkpoint: Path, tmp_path: Path) -> None:
     """A suite of lm_eval cases through the runner (a child process per case): each row holds
     the metric lm-eval's own hf model gives on the same weights, with its stderr."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
+
+from conftest import write_suite
 
 from revbench import results
 from revbench.runner import run_suite
@@ -22,9 +23,7 @@ metrics: [peak_memory]
 
 
 def test_parameters_gradients_optimizer_activations_add_up_to_the_peak(tmp_path: Path) -> None:
-    suite = tmp_path / "s.yaml"
-    suite.write_text(textwrap.dedent(SUITE))
-    report = run_suite(suite, tmp_path / "r", quiet=True)
+    report = run_suite(write_suite(tmp_path, SUITE), tmp_path / "r", quiet=True)
     assert not report.failed
     df = results.load(tmp_path / "r").set_index("model.arch")
     parts = ["param_bytes", "grad_bytes", "optimizer_state_bytes", "activation_bytes"]

@@ -7,6 +7,7 @@ onto mmap, so freed tensors leave the resident set.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -14,25 +15,22 @@ import sys
 
 import pytest
 import torch
+from tinymodels import make_model, saved_bytes, token_batch
 
 from revbench.measure.memory import SavedTensors
-from revbench.models import ModelConfig, build_model
 
 SHAPE = {"vocab_size": 64, "d_model": 32, "n_heads": 2, "max_seq_len": 64}
 
 
-def saved_bytes(n_layers: int, **overrides: object) -> int:
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(**{**SHAPE, "n_layers": n_layers, **overrides}))  # type: ignore[arg-type]
-    ids = torch.randint(64, (4, 64), generator=torch.Generator().manual_seed(0))
-    with SavedTensors(model.parameters()) as saved:
-        model(ids, labels=ids).loss.backward()
-    return saved.bytes
+@functools.cache  # the same model's bytes serve several tests
+def saved(n_layers: int, arch: str, **overrides: object) -> int:
+    model = make_model(arch, shape=SHAPE, n_layers=n_layers, **overrides)
+    return saved_bytes(model, token_batch(64, 4, 64, seed=0))
 
 
 @pytest.fixture(scope="module")
 def baseline_growth() -> int:
-    return saved_bytes(32, arch="baseline") - saved_bytes(4, arch="baseline")
+    return saved(32, arch="baseline") - saved(4, arch="baseline")
 
 
 # Measured (batch 4 x seq 64, d_model 32, fp32), bytes at 4 -> 32 layers: baseline
@@ -40,18 +38,18 @@ def baseline_growth() -> int:
 # 169,444 both; hamiltonian and revnet 202,212 both (the two final states plus head and loss).
 @pytest.mark.parametrize("arch", ["midpoint", "leapfrog", "hamiltonian", "revnet"])
 def test_reversible_saved_bytes_flat_in_depth(arch: str, baseline_growth: int) -> None:
-    growth = saved_bytes(32, arch=arch) - saved_bytes(4, arch=arch)
-    assert baseline_growth > 10 * saved_bytes(4, arch=arch)  # activations dominate the setup
+    growth = saved(32, arch=arch) - saved(4, arch=arch)
+    assert baseline_growth > 10 * saved(4, arch=arch)  # activations dominate the setup
     assert abs(growth) < 0.1 * baseline_growth
 
 
 def test_baseline_saved_bytes_linear_and_checkpointing_between(baseline_growth: int) -> None:
-    b4, b8 = saved_bytes(4, arch="baseline"), saved_bytes(8, arch="baseline")
+    b4, b8 = saved(4, arch="baseline"), saved(8, arch="baseline")
     assert b8 - b4 == pytest.approx(baseline_growth / 7, rel=0.01)  # same bytes per layer
-    ckpt = saved_bytes(32, arch="baseline", checkpointing=True) - saved_bytes(
+    ckpt = saved(32, arch="baseline", checkpointing=True) - saved(
         4, arch="baseline", checkpointing=True
     )
-    flat = saved_bytes(32, arch="midpoint") - saved_bytes(4, arch="midpoint")
+    flat = saved(32, arch="midpoint") - saved(4, arch="midpoint")
     assert flat < ckpt < 0.25 * baseline_growth  # block inputs only: one (B, T, C) per layer
 
 
@@ -141,6 +139,7 @@ def peak_delta(arch: str, n_layers: int) -> int:
 # Measured (batch 8 x seq 256, d_model 64, fp32, one fwd+bwd, minus param and grad bytes), peak
 # RSS growth over the memory before the step, 4 -> 32 layers: baseline 47.7 -> 269.8 MiB
 # (+222 MiB, ~7.9 MiB per layer); midpoint 30.2 -> 30.9 MiB (+0.6 MiB, 0.3% of that growth).
+@pytest.mark.slow
 def test_peak_rss_of_reversible_flat_in_depth() -> None:
     base = peak_delta("baseline", 32) - peak_delta("baseline", 4)
     rev = peak_delta("midpoint", 32) - peak_delta("midpoint", 4)

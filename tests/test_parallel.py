@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import run_rows, write_suite
 from gradcheck import rel
 
 from revbench.case import Case
@@ -128,6 +129,7 @@ def _reference(case: Case) -> dict[str, torch.Tensor]:
 NAMES = [c["name"] for c in SUITE["cases"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_two_processes_give_the_global_batch_gradients(
     runs: tuple[dict[str, Any], dict[str, Case]], name: str
@@ -187,6 +189,7 @@ def _frozen_worker(rank: int, port: int, tmp: str) -> None:
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_with_a_frozen_embedding_gives_the_global_batch_gradients(tmp_path: Path) -> None:
     mp.spawn(_frozen_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     got = torch.load(tmp_path / "frozen.pt")
@@ -212,12 +215,9 @@ metrics: [peak_memory, throughput]
 """
 
 
+@pytest.mark.slow
 def test_a_ddp_case_run_by_the_runner_gives_one_row_for_both_ranks(tmp_path: Path) -> None:
-    from revbench.runner import run_suite
-
-    path = tmp_path / "ddp.yaml"
-    path.write_text(RUNNER_SUITE)
-    (ok,) = run_suite(path, tmp_path / "res", quiet=True).rows
+    (ok,) = run_rows(tmp_path, RUNNER_SUITE)
     assert ok["status"] == "ok", ok["error"]
     assert ok["world_size"] == 2
     per_rank = ok["peak_mem_per_rank_bytes"]
@@ -228,24 +228,27 @@ def test_a_ddp_case_run_by_the_runner_gives_one_row_for_both_ranks(tmp_path: Pat
     assert ok["tokens_per_s"] == pytest.approx(tokens / ok["step_time_s_median"])
 
 
-def test_a_failing_rank_gives_an_error_row_naming_it(tmp_path: Path) -> None:
-    from revbench.runner import run_suite
-
-    path = tmp_path / "fails.yaml"
+@pytest.fixture(scope="module")
+def faulty_ranks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    """One run of a DDP case whose ranks raise and one whose ranks are SIGKILLed: rows by case."""
     text = RUNNER_SUITE.replace("[peak_memory, throughput]", "[throughput]")
-    path.write_text(text.replace("timeout_s: 120", "timeout_s: 120, fault: error"))
-    (row,) = run_suite(path, tmp_path / "res", quiet=True).rows
+    text += "cases:\n  - {name: fails, fault: error}\n  - {name: killed, fault: killed}\n"
+    rows = run_rows(tmp_path_factory.mktemp("ranks"), text)
+    return {r["case"]: r for r in rows}
+
+
+def test_a_failing_rank_gives_an_error_row_naming_it(
+    faulty_ranks: dict[str, dict[str, Any]],
+) -> None:
+    row = faulty_ranks["fails"]
     assert row["status"] == "error"
     assert row["error"].startswith("throughput: rank ") and "injected fault" in row["error"]
 
 
-def test_a_rank_killed_like_the_oom_killer_gives_an_oom_row(tmp_path: Path) -> None:
-    from revbench.runner import run_suite
-
-    path = tmp_path / "killed.yaml"
-    text = RUNNER_SUITE.replace("[peak_memory, throughput]", "[throughput]")
-    path.write_text(text.replace("timeout_s: 120", "timeout_s: 120, fault: killed"))
-    (row,) = run_suite(path, tmp_path / "res", quiet=True).rows
+def test_a_rank_killed_like_the_oom_killer_gives_an_oom_row(
+    faulty_ranks: dict[str, dict[str, Any]],
+) -> None:
+    row = faulty_ranks["killed"]
     assert row["status"] == "oom"  # torchrun exits 1; its summary names the rank and SIGKILL
     assert re.fullmatch(r"throughput: rank [01] killed by SIGKILL", row["error"]), row["error"]
 
@@ -253,7 +256,8 @@ def test_a_rank_killed_like_the_oom_killer_gives_an_oom_row(tmp_path: Path) -> N
 def test_a_parallel_case_rejects_a_metric_that_does_not_run_distributed(tmp_path: Path) -> None:
     from revbench.errors import SuiteError
 
-    path = tmp_path / "bad.yaml"
-    path.write_text(RUNNER_SUITE.replace("[peak_memory, throughput]", "[reconstruction]"))
+    path = write_suite(
+        tmp_path, RUNNER_SUITE.replace("[peak_memory, throughput]", "[reconstruction]")
+    )
     with pytest.raises(SuiteError, match="metric 'reconstruction' does not run with parallel"):
         load_suite(path)

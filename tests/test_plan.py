@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import gc
 import random
-import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import write_suite
 from livebytes import LiveBytes
 
 from revbench import results
@@ -179,8 +179,7 @@ metrics: [peak_memory]
 
 
 def test_predictions_are_within_ten_percent_of_measured_peaks(tmp_path: Path) -> None:
-    suite = tmp_path / "s.yaml"
-    suite.write_text(textwrap.dedent(SUITE))
+    suite = write_suite(tmp_path, SUITE)
     assert main(["run", str(suite), "--out", str(tmp_path / "r"), "--quiet"]) == 0
     df = results.load(tmp_path / "r")
     err = (df["predicted_peak_bytes"] - df["peak_mem_delta_bytes"]) / df["peak_mem_delta_bytes"]

@@ -9,13 +9,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import psutil
 import pytest
+from conftest import write_suite
 
 from revbench import results
 from revbench.cli import main
@@ -31,12 +31,6 @@ matrix:
   seed: [0, 1, 2]
 metrics: [throughput]
 """
-
-
-def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return p
 
 
 def cli(*args: str, **kw: object) -> subprocess.Popen[bytes]:
@@ -93,7 +87,7 @@ def reap() -> Iterator[list[int]]:
 def test_kill_9_of_the_runner_takes_a_ddp_case_and_its_ranks_with_it(
     tmp_path: Path, reap: list[int]
 ) -> None:
-    suite = write(
+    suite = write_suite(
         tmp_path,
         TINY.replace("threads: 1}", "threads: 1, parallel: ddp, nproc_per_node: 2}").replace(
             "timeout_s: 120}", "timeout_s: 300, fault: hang}"
@@ -140,7 +134,7 @@ def test_sigterm_of_the_dashboard_stops_its_streamlit_server(
 def test_a_second_run_on_the_same_results_folder_is_refused(
     tmp_path: Path, reap: list[int]
 ) -> None:
-    suite = write(tmp_path, TINY.replace("timeout_s: 120}", "timeout_s: 300, fault: hang}"))
+    suite = write_suite(tmp_path, TINY.replace("timeout_s: 120}", "timeout_s: 300, fault: hang}"))
     out = tmp_path / "res"
     first = cli("run", str(suite), "--out", str(out), "--quiet")
     reap.extend(descendants_when(first, 1))
@@ -153,7 +147,7 @@ def test_a_second_run_on_the_same_results_folder_is_refused(
     first.kill()
     first.wait()
     # With the first gone the lock is free again (the OS released it with the process).
-    fine = write(tmp_path, TINY, "fine.yaml")
+    fine = write_suite(tmp_path, TINY, "fine.yaml")
     assert main(["run", str(fine), "--out", str(out), "--quiet", "--only", "seed=0"]) == 0
 
 
@@ -162,7 +156,7 @@ def test_a_failing_disk_stops_the_suite_keeping_every_earlier_row(
 ) -> None:
     """Simulated ENOSPC on the second row: exit 3, one line, the first row intact and loadable,
     and --resume finishes the rest."""
-    suite = write(tmp_path, TINY)
+    suite = write_suite(tmp_path, TINY)
     out = tmp_path / "res"
     real = results.write_row
     calls = {"n": 0}
@@ -208,7 +202,7 @@ def test_a_value_that_cannot_be_stored_makes_an_error_row_not_a_lost_one(tmp_pat
         def close(self) -> None:
             pass
 
-    suite = write(tmp_path, TINY.replace("seed: [0, 1, 2]", "seed: [0]"))
+    suite = write_suite(tmp_path, TINY.replace("seed: [0, 1, 2]", "seed: [0]"))
     report = run_suite(suite, tmp_path / "res", quiet=True, executor=Overflowing())
     (row,) = report.rows
     assert row["status"] == "error"
@@ -223,7 +217,9 @@ def test_a_real_allocation_failure_is_an_oom_row(tmp_path: Path) -> None:
     process: torch's CPU allocator raises, the row says oom."""
     text = TINY.replace("seed: [0, 1, 2]", "seed: [0]").replace("d_model: 32", "d_model: 1024")
     # ~50 MB of parameters alone: past a 64 MiB cap once gradients and AdamW state exist
-    suite = write(tmp_path, text.replace("timeout_s: 120}", "timeout_s: 120, memory_cap: 64MiB}"))
+    suite = write_suite(
+        tmp_path, text.replace("timeout_s: 120}", "timeout_s: 120, memory_cap: 64MiB}")
+    )
     from revbench.runner import run_suite
 
     (row,) = run_suite(suite, tmp_path / "res", quiet=True).rows
@@ -235,7 +231,7 @@ def test_memory_cap_flag_reaches_the_case_process(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     text = TINY.replace("seed: [0, 1, 2]", "seed: [0]").replace("d_model: 32", "d_model: 1024")
-    suite = write(tmp_path, text)
+    suite = write_suite(tmp_path, text)
     monkeypatch.delenv("REVBENCH_MEMORY_CAP", raising=False)
     out = tmp_path / "res"
     assert main(["run", str(suite), "--out", str(out), "--quiet", "--memory-cap", "64MiB"]) == 1
@@ -246,7 +242,7 @@ def test_memory_cap_flag_reaches_the_case_process(
 def test_out_is_checked_before_anything_runs(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    suite = write(tmp_path, TINY)
+    suite = write_suite(tmp_path, TINY)
     afile = tmp_path / "afile"
     afile.write_text("x")
     for out in (afile, afile / "below"):
@@ -260,7 +256,7 @@ def test_out_is_checked_before_anything_runs(
 def test_sigterm_of_the_runner_removes_its_case_folders_and_processes(
     tmp_path: Path, reap: list[int]
 ) -> None:
-    suite = write(tmp_path, TINY.replace("timeout_s: 120}", "timeout_s: 300, fault: hang}"))
+    suite = write_suite(tmp_path, TINY.replace("timeout_s: 120}", "timeout_s: 300, fault: hang}"))
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     runner = cli(
@@ -304,7 +300,7 @@ def test_a_really_full_disk_stops_the_suite_keeping_every_earlier_row(tmp_path: 
     if made.returncode:
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
-        suite = write(tmp_path, TINY)
+        suite = write_suite(tmp_path, TINY)
         runner = cli("run", str(suite), "--out", str(disk), "--quiet")
         assert runner.wait(timeout=300) == 3
         err = runner.stderr.read().decode() if runner.stderr else ""

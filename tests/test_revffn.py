@@ -14,9 +14,8 @@ import pytest
 import torch
 from gradcheck import grad_error, loss_and_grads, rel, reversible_node
 from tinymodels import TINY as DENSE
-from tinymodels import make_model, token_batch
+from tinymodels import make_model, saved_bytes, token_batch
 
-from revbench.measure.memory import SavedTensors
 from revbench.models import reconstruction_errors
 from revbench.models.revffn import RevFFNLM
 
@@ -142,13 +141,9 @@ def test_non_contractive_fixed_point_shows_in_residuals() -> None:
 SHAPE = {"vocab_size": 64, "d_model": 32, "n_heads": 2, "max_seq_len": 64, "n_experts": 4}
 
 
-def saved_bytes(n_layers: int, arch: str, **overrides: object) -> int:
+def saved(n_layers: int, arch: str, **overrides: object) -> int:
     m = make_model(arch, shape=SHAPE, n_layers=n_layers, **overrides)
-    ids = token_batch(SHAPE["vocab_size"], 4, 64, seed=0)
-    with SavedTensors(m.parameters()) as saved:
-        out = m(ids, labels=ids)
-        (out.loss + out.aux_loss).backward()
-    return saved.bytes
+    return saved_bytes(m, token_batch(SHAPE["vocab_size"], 4, 64, seed=0))
 
 
 # Measured (batch 4 x seq 64, d_model 32, 4 experts top-2, fp32), bytes at 2 / 4 / 8 / 16 layers:
@@ -156,9 +151,9 @@ def saved_bytes(n_layers: int, arch: str, **overrides: object) -> int:
 # 267,748 / 398,820 / 660,964 (32,768 per layer: the block input); revffn 169,448 at every depth
 # in both query modes (final halves, aux slot, head and loss).
 def test_saved_bytes_revffn_flat_moe_linear_checkpointing_between() -> None:
-    moe = [saved_bytes(n, arch="moe") for n in (2, 6)]
-    ckpt = [saved_bytes(n, arch="moe", checkpointing=True) for n in (2, 6)]
-    rev = [saved_bytes(n, arch="revffn") for n in (2, 6)]
+    moe = [saved(n, arch="moe") for n in (2, 6)]
+    ckpt = [saved(n, arch="moe", checkpointing=True) for n in (2, 6)]
+    rev = [saved(n, arch="revffn") for n in (2, 6)]
     per_layer = (moe[1] - moe[0]) / 4
     assert per_layer > 5 * rev[0]  # activations dominate the setup
     assert rev[1] == rev[0]

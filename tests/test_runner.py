@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from conftest import write_suite
 
 from revbench import results
 from revbench.cli import main
@@ -28,6 +30,9 @@ matrix:
 metrics: [peak_memory, throughput]
 """
 
+# One live run of these cases serves every failure test below (``faults``): each kind of
+# failure is a row and the suite goes on. The case processes are forked by the warm zygote
+# (the default), so this is also how a warm case process that crashes or hangs is recorded.
 FAULTS = """
 name: faults
 defaults:
@@ -40,22 +45,18 @@ cases:
   - {name: crashes, fault: crash}
   - {name: raises, fault: error}
   - {name: runs out of memory, fault: oom}
-  - {name: hangs, fault: hang, timeout_s: 8}
+  - {name: killed, fault: killed}
+  - {name: hangs, fault: hang, timeout_s: HANG_S}
 metrics: [throughput]
 """
-
-
-def write(tmp_path: Path, text: str, name: str = "suite.yaml") -> Path:
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return p
+HANG_S = 3  # any case still running after its timeout is a timeout row, hung or merely slow
 
 
 def test_run_writes_rows_that_load_back_with_the_schema(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)  # only the metric may set it
-    suite = write(tmp_path, TINY)
+    suite = write_suite(tmp_path, TINY)
     out = tmp_path / "res"
     assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 0
     files = sorted((out / "tiny").glob("*.parquet"))
@@ -85,24 +86,58 @@ def test_run_writes_rows_that_load_back_with_the_schema(
     assert df["device_type"].eq("cpu").all() and df["driver_version"].isna().all()
 
 
-def test_failures_are_rows_and_the_suite_goes_on(tmp_path: Path) -> None:
-    suite = write(tmp_path, FAULTS)
-    out = tmp_path / "res"
-    assert main(["run", str(suite), "--out", str(out), "--quiet"]) == 1
-    df = results.load(out).set_index("case")
-    assert df.loc["fine", "status"] == "ok" and pd.isna(df.loc["fine", "error"])
-    assert df.loc["crashes", "status"] == "error"
-    assert "killed by SIGABRT" in df.loc["crashes", "error"]
-    assert df.loc["raises", "status"] == "error"
-    assert df.loc["raises", "error"] == (
-        "throughput: RuntimeError: injected fault (measure.fault: error)"
-    )
-    assert df.loc["runs out of memory", "status"] == "oom"
-    assert "OutOfMemoryError" in df.loc["runs out of memory", "error"]
-    assert df.loc["hangs", "status"] == "timeout"
-    assert 8 <= df.loc["hangs", "wall_time_s"] < 30
-    for case in ("crashes", "raises", "runs out of memory", "hangs"):
-        assert pd.isna(df.loc[case, "step_time_s_median"])
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The FAULTS suite run once through the command line: its folder, exit code and rows."""
+    folder = tmp_path_factory.mktemp("faults")
+    suite = write_suite(folder, FAULTS.replace("HANG_S", str(HANG_S)))
+    out = folder / "res"
+    code = main(["run", str(suite), "--out", str(out), "--quiet"])
+    return SimpleNamespace(suite=suite, out=out, code=code, rows=results.load(out))
+
+
+def row(faults: SimpleNamespace, case: str) -> pd.Series:
+    (i,) = faults.rows.index[faults.rows["case"] == case]
+    return faults.rows.loc[i]
+
+
+def test_failures_are_rows_and_the_suite_goes_on(faults: SimpleNamespace) -> None:
+    assert faults.code == 1  # some case runs failed
+    assert list(faults.rows["case"]) == [
+        "fine",
+        "crashes",
+        "raises",
+        "runs out of memory",
+        "killed",
+        "hangs",
+    ]
+    fine = row(faults, "fine")
+    assert fine["status"] == "ok" and pd.isna(fine["error"]) and fine["step_time_s_median"] > 0
+    for case in ("crashes", "raises", "runs out of memory", "killed", "hangs"):
+        assert pd.isna(row(faults, case)["step_time_s_median"]), case
+
+
+def test_a_crash_is_an_error_row_naming_the_signal(faults: SimpleNamespace) -> None:
+    crashes = row(faults, "crashes")
+    assert crashes["status"] == "error" and "killed by SIGABRT" in crashes["error"]
+
+
+def test_an_exception_is_an_error_row_with_its_last_line(faults: SimpleNamespace) -> None:
+    raises = row(faults, "raises")
+    assert raises["status"] == "error"
+    assert raises["error"] == "throughput: RuntimeError: injected fault (measure.fault: error)"
+
+
+def test_out_of_memory_and_a_sigkill_are_oom_rows(faults: SimpleNamespace) -> None:
+    oom = row(faults, "runs out of memory")
+    assert oom["status"] == "oom" and "OutOfMemoryError" in oom["error"]
+    assert row(faults, "killed")["status"] == "oom"  # as the kernel's OOM killer would
+
+
+def test_a_hang_is_a_timeout_row_after_its_timeout(faults: SimpleNamespace) -> None:
+    hangs = row(faults, "hangs")
+    assert hangs["status"] == "timeout"
+    assert HANG_S <= hangs["wall_time_s"] < HANG_S + 22
 
 
 def _runner(suite: Path, out: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -126,7 +161,7 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     text = TINY.replace(
         "arch: [baseline, midpoint]", "arch: [baseline, midpoint]\n  n_layers: [1, 2]"
     )
-    suite = write(tmp_path, text.replace("[peak_memory, throughput]", "[throughput]"))
+    suite = write_suite(tmp_path, text.replace("[peak_memory, throughput]", "[throughput]"))
     out = tmp_path / "res"
     proc = _runner(suite, out)
     deadline = time.monotonic() + 120
@@ -157,27 +192,31 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     assert len(results.load(out)) == 4
 
 
-def test_resume_reruns_failed_cases_only(tmp_path: Path) -> None:
-    suite = write(tmp_path, FAULTS.replace("  - {name: hangs, fault: hang, timeout_s: 8}\n", ""))
+def test_resume_reruns_failed_cases_only(
+    faults: SimpleNamespace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "res"
-    main(["run", str(suite), "--out", str(out), "--quiet", "--only", "fine"])
-    assert main(["run", str(suite), "--out", str(out), "--dry-run", "--resume"]) == 0
-    before = len(results.load(out))
-    assert (
-        main(["run", str(suite), "--out", str(out), "--quiet", "--resume", "--only", "raises"]) == 1
-    )
+    shutil.copytree(faults.out, out)  # the shared run's rows: one ok, five failed
+    before = list(faults.rows["case"])
+    run = ["run", str(faults.suite), "--out", str(out)]
+    assert main([*run, "--dry-run", "--resume"]) == 0
+    planned = " ".join(capsys.readouterr().out.split())  # the table's title may wrap
+    assert "5 case runs planned, 1 already done" in planned
+    assert main([*run, "--quiet", "--resume", "--only", "fine"]) == 0  # done: nothing runs
+    assert len(results.load(out)) == len(before)
+    assert main([*run, "--quiet", "--resume", "--only", "raises"]) == 1
     df = results.load(out)
-    assert len(df) == before + 1 and list(df["case"]) == ["fine", "raises"]
+    assert list(df["case"]) == [*before, "raises"]
 
 
 def test_dry_run_and_bad_suite_write_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "res"
-    assert main(["run", str(write(tmp_path, TINY)), "--out", str(out), "--dry-run"]) == 0
+    assert main(["run", str(write_suite(tmp_path, TINY)), "--out", str(out), "--dry-run"]) == 0
     assert "arch=midpoint" in capsys.readouterr().out
     assert not out.exists()
-    bad = write(tmp_path, TINY.replace("n_heads: 2", "n_heads: 3"), "bad.yaml")
+    bad = write_suite(tmp_path, TINY.replace("n_heads: 2", "n_heads: 3"), "bad.yaml")
     assert main(["run", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("revbench: error: ") and "divisible by n_heads" in err
@@ -186,7 +225,7 @@ def test_dry_run_and_bad_suite_write_nothing(
 
 
 def test_validate_and_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["validate", str(write(tmp_path, TINY))]) == 0
+    assert main(["validate", str(write_suite(tmp_path, TINY))]) == 0
     assert "2 cases" in capsys.readouterr().out
     assert main(["list"]) == 0
     text = capsys.readouterr().out

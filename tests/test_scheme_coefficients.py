@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 import pytest
 import torch
+from conftest import write_suite
 from gradcheck import grad_error, rel
 from tinymodels import TINY, make_model, token_batch
 from torch import nn
@@ -258,9 +259,7 @@ metrics: [throughput]
 
 
 def test_rows_carry_the_coefficients_and_the_readout(tmp_path: Path) -> None:
-    path = tmp_path / "suite.yaml"
-    path.write_text(SUITE)
-    cases = {c.name: c for c in load_suite(path).cases}
+    cases = {c.name: c for c in load_suite(write_suite(tmp_path, SUITE)).cases}
     rows = {
         n: caserun._row(
             c,
@@ -298,8 +297,7 @@ def test_rows_carry_the_coefficients_and_the_readout(tmp_path: Path) -> None:
 
 
 def test_bad_coefficients_in_a_suite_name_the_case(tmp_path: Path) -> None:
-    path = tmp_path / "suite.yaml"
-    path.write_text(SUITE.replace("a_layers: [0.5, -1.2, 1]", "a_layers: [0.5, 0, 1]"))
+    path = write_suite(tmp_path, SUITE.replace("a_layers: [0.5, -1.2, 1]", "a_layers: [0.5, 0, 1]"))
     with pytest.raises(Exception, match=r"cases\[0\] \('list'\): model: a_layers\[1\] is 0.0"):
         load_suite(path)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import write_suite
 
 from revbench.case import config_hash
 from revbench.errors import SuiteError
@@ -30,14 +30,8 @@ metrics: [peak_memory, throughput]
 """
 
 
-def write(tmp_path: Path, text: str) -> Path:
-    p = tmp_path / "suite.yaml"
-    p.write_text(textwrap.dedent(text))
-    return p
-
-
 def test_expansion_is_the_cartesian_product_plus_explicit_cases(tmp_path: Path) -> None:
-    suite = load_suite(write(tmp_path, GOOD))
+    suite = load_suite(write_suite(tmp_path, GOOD))
     names = [c.name for c in suite.cases]
     assert names == [
         "arch=baseline,n_layers=1",
@@ -58,19 +52,19 @@ def test_expansion_is_the_cartesian_product_plus_explicit_cases(tmp_path: Path) 
 
 
 def test_config_hash_ignores_timeout_and_repeats_only(tmp_path: Path) -> None:
-    base = load_suite(write(tmp_path, GOOD)).cases[0].config_hash
+    base = load_suite(write_suite(tmp_path, GOOD)).cases[0].config_hash
     longer = load_suite(
-        write(tmp_path, GOOD.replace("steps: 1}", "steps: 1, timeout_s: 9, repeats: 3}"))
+        write_suite(tmp_path, GOOD.replace("steps: 1}", "steps: 1, timeout_s: 9, repeats: 3}"))
     ).cases[0]
     assert longer.config_hash == base
-    more_steps = load_suite(write(tmp_path, GOOD.replace("steps: 1", "steps: 2"))).cases[0]
+    more_steps = load_suite(write_suite(tmp_path, GOOD.replace("steps: 1", "steps: 2"))).cases[0]
     assert more_steps.config_hash != base
 
 
 def test_settings_added_later_keep_old_hashes_at_their_defaults(tmp_path: Path) -> None:
     """A case resolved before a setting of HASHED_IF_SET existed (the key absent) has the hash
     it had then; the setting changes the hash only away from its default."""
-    case = load_suite(write(tmp_path, GOOD)).cases[0]
+    case = load_suite(write_suite(tmp_path, GOOD)).cases[0]
     before = config_hash(
         {
             s: {k: v for k, v in values.items() if k not in HASHED_IF_SET}
@@ -98,12 +92,12 @@ def test_shared_expert_width_needs_a_shared_expert() -> None:
 
 
 def test_no_matrix_gives_one_default_case(tmp_path: Path) -> None:
-    suite = load_suite(write(tmp_path, "name: one\nmetrics: [throughput]\n"))
+    suite = load_suite(write_suite(tmp_path, "name: one\nmetrics: [throughput]\n"))
     assert [c.name for c in suite.cases] == ["default"]
 
 
 def test_select_by_substring_and_glob(tmp_path: Path) -> None:
-    cases = load_suite(write(tmp_path, GOOD)).cases
+    cases = load_suite(write_suite(tmp_path, GOOD)).cases
     assert [c.name for c in select(cases, "midpoint")] == [
         "arch=midpoint,n_layers=1",
         "arch=midpoint,n_layers=3",
@@ -229,7 +223,7 @@ BAD = [
 
 @pytest.mark.parametrize(("text", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
 def test_bad_suite_gets_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
-    path = write(tmp_path, text)
+    path = write_suite(tmp_path, text)
     with pytest.raises(SuiteError, match=message) as info:
         load_suite(path)
     msg = str(info.value)

