@@ -12,7 +12,7 @@ from conftest import write_suite
 
 from revbench import results
 from revbench.cli import main
-from revbench.measure.batch import Trial, search_max
+from revbench.measure.batch import Trial, predicted_largest, search_guided, search_max
 from revbench.units import parse_bytes
 
 
@@ -28,7 +28,8 @@ def planted(limit: int, calls: list[int]):
 def test_search_finds_a_planted_limit_exactly_with_the_minimum_trials(limit: int) -> None:
     calls: list[int] = []
     res = search_max(planted(limit, calls), start=1, cap=4096)
-    assert res.best == limit and not res.capped
+    assert res.best == limit and res.capped is False  # the row's search_capped: never null
+    assert type(res.best) is int and all(type(size) is int for size in calls)  # batch sizes
     assert len(calls) == len(set(calls)), "no size is tried twice"
     k = int(math.log2(limit))  # 2^k <= limit < 2^(k+1)
     # doubling costs k+2 trials (1..2^(k+1)), bisection of (2^k, 2^(k+1)) costs k
@@ -39,9 +40,105 @@ def test_search_finds_a_planted_limit_exactly_with_the_minimum_trials(limit: int
 def test_search_cap_and_nothing_fits() -> None:
     calls: list[int] = []
     res = search_max(planted(10_000, calls), start=1, cap=100)
-    assert res.best == 100 and res.capped and calls == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert res.best == 100 and res.capped is True and calls == [1, 2, 4, 8, 16, 32, 64, 100]
+    assert [t.size for t in res.trials] == calls
     res = search_max(planted(0, []), start=1, cap=100)
     assert res.best is None and len(res.trials) == 1 and not res.trials[0].fits
+    assert res.capped is False
+
+
+# --- the guided search and the planner's largest size, against brute force -------------------
+
+PER_SAMPLE = 100  # bytes a planted case takes per sample
+
+
+def planted_budget(limit: int, calls: list[int], footprint: bool) -> tuple[object, int]:
+    """A case that fits exactly up to ``limit`` samples under the budget it returns (half a
+    sample above ``limit``'s footprint). A size that does not fit reports its footprint (a CPU
+    trial over budget) or none (``footprint`` False: an out-of-memory error)."""
+
+    def try_size(size: int) -> Trial:
+        calls.append(size)
+        fits = size <= limit
+        peak = PER_SAMPLE * size if fits or footprint else None
+        return Trial(size, fits, peak, "ok" if fits else "oom")
+
+    return try_size, PER_SAMPLE * limit + PER_SAMPLE // 2
+
+
+@pytest.mark.parametrize("footprint", [True, False], ids=["footprints", "oom"])
+@pytest.mark.parametrize("error", [0.5, 0.9, 1.0, 1.1, 2.0])
+@pytest.mark.parametrize("start", [1, 3])
+def test_guided_search_finds_every_planted_limit(start: int, error: float, footprint: bool) -> None:
+    """Every limit from below ``start`` to past the cap, with the planner off by ``error``:
+    the search reports the largest fitting size (None below start, the cap and ``capped`` at or
+    past it), tries each size once, only whole sizes within [start, cap], and stays short: 2
+    trials with an exact prediction and footprints, 4 within 10%, 2 log2(cap) + 2 at worst."""
+    cap = 100
+    for limit in range(start - 1, cap + 3):
+        calls: list[int] = []
+        try_size, budget = planted_budget(limit, calls, footprint)
+        res = search_guided(
+            try_size, lambda b: int(PER_SAMPLE * b * error), budget, start=start, cap=cap
+        )
+        want = min(limit, cap) if limit >= start else None
+        where = (limit, calls)
+        assert res.best == want and res.capped is (limit >= cap), where
+        assert type(res.best) in (int, type(None)), where
+        assert [t.size for t in res.trials] == calls and len(set(calls)) == len(calls), where
+        assert all(type(b) is int and start <= b <= cap for b in calls), where
+        if footprint and error == 1.0:
+            assert len(calls) <= 2, where
+        elif footprint and abs(error - 1) <= 0.1:
+            assert len(calls) <= 4, where
+        assert len(calls) <= 2 * math.ceil(math.log2(cap)) + 2, where
+
+
+def test_guided_search_bisects_the_bracket_after_an_out_of_memory_overshoot() -> None:
+    """The planner's linear footprint under-predicts a superlinear one: each correction from a
+    fitting trial overshoots into an out-of-memory trial (no footprint), and the search then
+    bisects between the largest known fit and the smallest known failure. Every trial lies
+    strictly inside that bracket (no size retried, none outside), the answer is exact, and the
+    trials stay logarithmic."""
+    cap = 1000
+
+    def truth(b: int) -> int:
+        return 1000 + 10 * b + b * b
+
+    for limit in range(1, 400, 7):
+        calls: list[int] = []
+
+        def try_size(b: int, budget: int = truth(limit), calls: list[int] = calls) -> Trial:
+            calls.append(b)
+            fits = truth(b) <= budget
+            return Trial(b, fits, truth(b) if fits else None, "ok" if fits else "oom")
+
+        res = search_guided(try_size, lambda b: 1000 + 10 * b, truth(limit), start=1, cap=cap)
+        assert res.best == limit and res.capped is False, (limit, calls)
+        lo, hi = 0, cap + 1
+        for t in res.trials:
+            assert lo < t.size < hi, (limit, calls)
+            lo, hi = (t.size, hi) if t.fits else (lo, t.size)
+        assert hi - lo == 1 and len(calls) <= 2 * math.ceil(math.log2(cap)) + 2, (limit, calls)
+
+
+@pytest.mark.parametrize("scale", [1.0, 1.5, 0.25])
+@pytest.mark.parametrize(("start", "cap"), [(1, 64), (1, 100), (5, 100)])
+def test_predicted_largest_is_the_largest_size_under_the_limit(
+    start: int, cap: int, scale: float
+) -> None:
+    """Against a scan of every size, at limits on, just under and just over a size's
+    prediction: the largest size in [start, cap] whose prediction times ``scale`` is within the
+    limit (equal counts), ``start - 1`` when none is."""
+
+    def peak(b: int) -> int:
+        return 40 + 8 * b
+
+    for limit in sorted({peak(b) * scale + d for b in range(cap + 3) for d in (-1, 0, 1)}):
+        fit = [b for b in range(start, cap + 1) if peak(b) * scale <= limit]
+        got = predicted_largest(peak, limit, start=start, cap=cap, scale=scale)
+        assert got == (max(fit) if fit else start - 1), limit
+        assert type(got) is int
 
 
 def test_parse_bytes() -> None:

@@ -12,6 +12,8 @@ import torch
 from gradcheck import grad_error, loss_and_grads, rel, reversible_node
 from tinymodels import make_model, token_batch
 
+from revbench.models.schemes import Scheme
+
 REVERSIBLE = ["midpoint", "leapfrog", "hamiltonian", "revnet"]
 
 CASES = [(arch, block, n) for arch in REVERSIBLE for block in ("gpt2", "llama") for n in (1, 3, 4)]
@@ -138,6 +140,40 @@ def test_function_keeps_only_the_final_states_and_gives_them_up() -> None:
     assert [tuple(t.shape) for t in rev.final] == [(2, 12, 16), (2, 12, 16)]
     out.loss.backward()
     assert rev.final is None
+
+
+@pytest.mark.parametrize("readout", ["last", "mean"])
+def test_one_midpoint_layer_leaves_the_input_in_the_first_slot(readout: str) -> None:
+    """After one midpoint layer the state's first slot is still the embedding, an input of the
+    Function; a head that reads it (mean) gets its gradient through the Function's output."""
+    model = make_model("midpoint", torch.float64, n_layers=1, readout=readout)
+    loss_err, grad_err = grad_error(model, token_batch())
+    assert loss_err < 1e-12 and grad_err < 1e-10, (loss_err, grad_err)
+
+
+class Spy(Scheme):
+    """``inner``, recording which gradients each backward step receives as None."""
+
+    def __init__(self, inner: Scheme, log: list[list[bool]]) -> None:
+        self.inner, self.log = inner, log
+
+    def forward_step(self, x, block):  # type: ignore[no-untyped-def]
+        return self.inner.forward_step(x, block)
+
+    def backward_step(self, y, g, block, params, rebuild=True):  # type: ignore[no-untyped-def]
+        self.log.append([t is None for t in g])
+        return self.inner.backward_step(y, g, block, params, rebuild=rebuild)
+
+
+def test_a_slot_the_loss_does_not_read_gets_no_gradient_tensor() -> None:
+    """Midpoint's head reads the last slot only: the backward's first step gets None for the
+    other, not a tensor of zeros (a slot's worth of memory), and the steps below get both."""
+    model = make_model("midpoint", torch.float64, n_layers=3)
+    log: list[list[bool]] = []
+    model.steps = [(Spy(s, log), b) for s, b in model.steps]
+    ids = token_batch()
+    model(ids, labels=ids).loss.backward()
+    assert log == [[True, False], [False, False], [False, False]]
 
 
 def test_a_trunk_output_the_caller_holds_is_not_overwritten() -> None:
