@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 from conftest import require, require_program
 
 from revbench import dashboard
@@ -26,6 +27,7 @@ EXPECT = {  # tab -> what must be visible in it
 }
 
 
+@pytest.mark.slow
 def test_dashboard_in_a_real_browser(tmp_path: Path) -> None:
     require("playwright")
     require_program(CHROMIUM, hint="apt-get install chromium, or set REVBENCH_CHROMIUM")

@@ -52,6 +52,7 @@ def test_paper_reference_data_has_sources() -> None:
     assert dict(zip(t3["gpu"], t3["value"], strict=True))["H100 80 GB"] == 257
 
 
+@pytest.mark.slow
 def test_figures_png_and_svg_deterministic(tmp_path: Path) -> None:
     chromium_or_skip()
     secs = [s for s in sections(results.load(BASE)) if s.key in ("tradeoff", "drift")]

@@ -329,11 +329,9 @@ PASS_THROUGH: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-# With s = 1 (2h = 1, h = 1 with a set, h^2 = 1) TwoStep.backward_step hands one gradient tensor
-# to both slots (scaled(jg, 1) is jg, which is g_{l+1}), and the next step writes it in place:
-# the input gradient comes out wrong (relative error 0.6 here). No shipped block passes its
-# gradient through, so no shipped model is affected; a strict xfail until schemes.py copies it.
-ALIASED = pytest.mark.xfail(strict=True, reason="TwoStep aliases two gradient slots at s == 1")
+# With s = 1 (2h = 1, h = 1 with a set, h^2 = 1) scaled(jg, 1) is jg, which for a branch that
+# passes its gradient through is g_{l+1} itself: both slots would hold one tensor and the next
+# step would write it in place (relative error 0.6 before TwoStep.backward_step copied it).
 PASS_THROUGH_S1: dict[str, tuple[str, dict[str, Any]]] = {
     "midpoint-2h-1": ("midpoint", {"n_layers": 3, "step_size": 0.5}),
     "midpoint-a-h1": ("midpoint", {"n_layers": 3, "a_layers": [0.7, -1.3, 1.4]}),
@@ -344,7 +342,7 @@ PASS_THROUGH_S1: dict[str, tuple[str, dict[str, Any]]] = {
 @pytest.mark.parametrize("slot", [0, 1])
 @pytest.mark.parametrize(
     "name",
-    [*PASS_THROUGH, *(pytest.param(n, marks=ALIASED) for n in PASS_THROUGH_S1)],
+    [*PASS_THROUGH, *PASS_THROUGH_S1],
 )
 def test_a_branch_that_passes_its_gradient_through_is_not_changed_in_place(
     name: str, slot: int

@@ -243,6 +243,8 @@ class TwoStep(Scheme):
         g.clear()
         (jg,), grads = r.vjp([g_nxt], params)
         g_cur = axpy(g_cur, jg, s) if g_cur is not None else scaled(jg, s, g_nxt)
+        if g_cur is g_nxt:  # a branch that hands its gradient back as is, at s == 1
+            g_cur = g_cur.clone()  # two slots, two tensors: the next step writes one in place
         del jg
         if c:
             g_cur = axpy(g_cur, g_nxt, c)
