@@ -218,21 +218,34 @@ def test_qwen2_moe_with_dense_layers_is_refused_in_one_line(tmp_path: Path) -> N
         model_config_from_hf(hf)
 
 
-@pytest.mark.parametrize("family", ["mixtral", "qwen2-moe", "llama-gqa", "gpt2"])
+@pytest.mark.parametrize(
+    ("family", "adapters"),
+    [
+        ("mixtral", "five"),
+        ("qwen2-moe", "five"),
+        ("llama-gqa", "five"),
+        ("gpt2", "five"),
+        ("qwen2-moe", "pair"),
+        ("gpt2", "pair"),
+    ],
+)
 def test_revffn_takes_the_pretrained_layers_and_adds_new_adapters(
-    family: str, tmp_path: Path
+    family: str, adapters: str, tmp_path: Path
 ) -> None:
     """RevFFN from a pretrained model: attention, norms, embedding, head and the MLP or MoE are
     the checkpoint's (the residual model's ``mlp``/``moe`` is RevFFN's ``ffn``); only the
-    adapters are new. It trains (finite loss and gradients on every parameter)."""
+    adapters are new: five per layer, or the shared pair (``revffn_adapters: pair``). It trains
+    (finite loss and gradients on every parameter)."""
     _saved(family, tmp_path)
     residual = from_pretrained(tmp_path)
-    rev = from_pretrained(tmp_path, arch="revffn")
+    rev = from_pretrained(tmp_path, arch="revffn", revffn_adapters=adapters)
     assert rev.config.arch == "revffn" and rev.config.n_experts == residual.config.n_experts
+    assert rev.config.revffn_adapters == adapters
     want = {re.sub(r"\.(mlp|moe)\.", ".ffn.", k): v for k, v in residual.state_dict().items()}
     got = rev.state_dict()
     new = {k for k in got if is_adapter(k)}
-    assert got.keys() - new == want.keys() and len(new) == 5 * rev.config.n_layers
+    per_layer = {"five": 5, "pair": 2}[adapters]
+    assert got.keys() - new == want.keys() and len(new) == per_layer * rev.config.n_layers
     for name, t in want.items():
         assert torch.equal(got[name], t), name
     rev.train()
@@ -242,6 +255,54 @@ def test_revffn_takes_the_pretrained_layers_and_adds_new_adapters(
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in rev.parameters() if p.dim() > 1)
+
+
+def test_a_revffn_checkpoint_keeps_its_adapter_layout(tmp_path: Path) -> None:
+    """A saved revffn model with the adapter pair loads back with it (weights equal); asking
+    for the other layout, from Python or from a suite's ``pretrained:``, is one line naming
+    ``revffn_adapters``, not a weights mismatch later."""
+    from conftest import write_suite
+
+    from revbench.errors import SuiteError
+    from revbench.suite import load_suite
+
+    _saved("llama-gqa", tmp_path / "hf")
+    rev = from_pretrained(tmp_path / "hf", arch="revffn", revffn_adapters="pair")
+    save_checkpoint(rev, tmp_path / "rev")
+    back = load_checkpoint(tmp_path / "rev")
+    assert back.config.revffn_adapters == "pair"
+    assert torch.equal(back.blocks[0].lift.weight, rev.blocks[0].lift.weight)
+    for load in (load_checkpoint, from_pretrained, read_model_config):
+        with pytest.raises(
+            CheckpointError, match=r"revffn_adapters: pair .*drop revffn_adapters: five"
+        ) as e:
+            load(tmp_path / "rev", revffn_adapters="five")
+        assert "\n" not in str(e.value)
+    suite = write_suite(
+        tmp_path,
+        f"""
+        name: pair
+        defaults:
+          data: {{batch_size: 2, seq_len: 16}}
+          train: {{pretrained: {tmp_path / "hf"}}}
+        cases:
+          - {{name: pair, arch: revffn, revffn_adapters: pair}}
+          - {{name: five, arch: revffn}}
+        metrics: [peak_memory]
+        """,
+    )
+    pair, five = load_suite(suite).cases
+    assert (pair.model.revffn_adapters, five.model.revffn_adapters) == ("pair", "five")
+    assert pair.config_hash != five.config_hash
+    suite.write_text(
+        suite.read_text().replace(
+            "arch: revffn, revffn_adapters", "arch: midpoint, revffn_adapters"
+        )
+    )
+    with pytest.raises(
+        SuiteError, match="revffn_adapters: pair chooses the adapters of arch revffn"
+    ):
+        load_suite(suite)
 
 
 def test_revffn_from_a_saved_revbench_checkpoint_and_not_back(tmp_path: Path) -> None:

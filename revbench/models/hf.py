@@ -136,6 +136,18 @@ def _stored_config(path: Path, stored: dict[str, Any], **fields: Any) -> ModelCo
         ) from None
 
 
+def _same_adapters(path: Path, stored: dict[str, Any], cfg: ModelConfig) -> None:
+    """A revffn checkpoint's adapters are trained weights: loading it with the other adapter
+    layout (``revffn_adapters``) would drop them, so it is refused in one line."""
+    saved = stored.get("revffn_adapters", "five")
+    if stored.get("arch") == "revffn" and cfg.revffn_adapters != saved:
+        raise CheckpointError(
+            f"{path} is a revffn checkpoint with revffn_adapters: {saved} (trained weights); "
+            f"drop revffn_adapters: {cfg.revffn_adapters}, or convert the residual model again "
+            "with it"
+        )
+
+
 def _transformers() -> Any:
     try:
         import transformers
@@ -186,6 +198,7 @@ FREE_FIELDS = {
     "max_seq_len",
     "head_chunk_tokens",
     "head_impl",
+    "revffn_adapters",  # new weights either way when a residual model becomes revffn
 }
 
 
@@ -239,7 +252,9 @@ def read_model_config(spec: str | Path, arch: str | None = None, **overrides: An
     if source.kind == "revbench":
         stored = _read_checkpoint_json(Path(source.location))["model"]
         extra = {"arch": arch} if arch else {}
-        return _stored_config(Path(source.location), stored, **extra, **overrides)
+        cfg = _stored_config(Path(source.location), stored, **extra, **overrides)
+        _same_adapters(Path(source.location), stored, cfg)
+        return cfg
     return model_config_from_hf(_cached_hf_config(str(spec)), arch, **overrides)
 
 
@@ -354,6 +369,7 @@ def load_checkpoint(folder: str | Path, arch: str | None = None, **overrides: An
             f"{folder} is a revffn checkpoint: its blocks (adapters, half-width streams) have no "
             f"counterpart in arch {cfg.arch}; load it as revffn"
         )
+    _same_adapters(folder, stored, cfg)
     if cfg.arch == "revffn" and stored.get("arch") != "revffn":
         # Through the saved model's own state dict (tied weights included), renamed for RevFFN.
         model = build_model(cfg)

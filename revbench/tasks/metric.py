@@ -163,6 +163,7 @@ def case_model(case: Case, tokenizer: Tokenizer | None) -> tuple[nn.Module, dict
             trainable=tr.distill_trainable,
             init=tr.distill_init,
             seed=tr.seed,
+            revffn_adapters=cfg.revffn_adapters,
         )
         model, report = convert(pretrained, conv, tokenizer=tokenizer)
         row |= {
