@@ -71,6 +71,37 @@ def test_saved_tensors_counts_custom_functions_dedups_and_excludes() -> None:
     assert saved.bytes == 100 * 8 + 100 * 8  # x, and the clone that mul saves
 
 
+class _Wrapper(torch.Tensor):
+    """A storage-less wrapper subclass, as FSDP2's sharded DTensor parameters are; asking it
+    for a storage is a failure this test sees (a real DTensor raises a C++ error, whose cost
+    grew the measured peak of every FSDP2 step)."""
+
+    @staticmethod
+    def __new__(cls, inner: torch.Tensor) -> _Wrapper:
+        return torch.Tensor._make_wrapper_subclass(cls, inner.shape, dtype=inner.dtype)
+
+    def __init__(self, inner: torch.Tensor) -> None:
+        self.inner = inner
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"{func} dispatched on a storage-less wrapper")
+
+    def untyped_storage(self) -> torch.UntypedStorage:
+        raise AssertionError("a storage-less wrapper was asked for its storage")
+
+
+def test_saved_tensors_looks_parameters_up_without_asking_wrappers_for_storage() -> None:
+    """``exclude_now`` parameters that are wrapper subclasses (FSDP2's DTensors outside their
+    block) are keyed by identity, never asked for a storage, at every saved tensor."""
+    shards = [_Wrapper(torch.zeros(4, 4)) for _ in range(3)]
+    w = torch.ones(8, dtype=torch.float64, requires_grad=True)
+    x = torch.ones(8, dtype=torch.float64, requires_grad=True)
+    with SavedTensors([], exclude_now=lambda: [w, *shards]) as saved:
+        (x * w).sum().backward()  # mul saves x (counted) and w (looked up now: excluded)
+    assert saved.bytes == 8 * 8
+
+
 RSS_READERS = r"""
 import torch
 from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss
