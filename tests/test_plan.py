@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import write_suite
+from conftest import run_rows, write_suite
 from livebytes import LiveBytes
 
 from revbench import results
@@ -185,6 +185,31 @@ def test_predictions_are_within_ten_percent_of_measured_peaks(tmp_path: Path) ->
     err = (df["predicted_peak_bytes"] - df["peak_mem_delta_bytes"]) / df["peak_mem_delta_bytes"]
     assert len(err) == 6 and err.notna().all()
     assert (err.abs() < 0.10).all(), dict(zip(df["case"], err.round(3), strict=True))
+
+
+FSDP_SUITE = """
+name: planned_fsdp
+defaults:
+  model: {vocab_size: 512, d_model: 128, n_heads: 4, max_seq_len: 128, n_layers: 8}
+  data: {batch_size: 8, seq_len: 128}
+  train: {device: cpu, threads: 1, parallel: fsdp, nproc_per_node: 2}
+measure: {warmup: 1, steps: 1, timeout_s: 180}
+cases:
+  - {name: midpoint, arch: midpoint}
+  - {name: ckpt, arch: baseline, checkpointing: true}
+metrics: [peak_memory]
+"""
+
+
+@pytest.mark.slow
+def test_fsdp_predictions_are_within_ten_percent_of_measured_peaks(tmp_path: Path) -> None:
+    """FSDP2 on 2 gloo ranks (the parallel suite's shapes): the planner's per-rank peak, gloo's
+    staged collectives included, against the largest rank's measured one (seen: -0.4..+2.2%;
+    -16.7% for midpoint while counting saved tensors raised an error at every one)."""
+    rows = run_rows(tmp_path, FSDP_SUITE)
+    assert [r["status"] for r in rows] == ["ok", "ok"], [r["error"] for r in rows]
+    err = {r["case"]: r["predicted_peak_bytes"] / r["peak_mem_delta_bytes"] - 1 for r in rows}
+    assert all(abs(e) < 0.10 for e in err.values()), err
 
 
 def test_predicted_max_batch_is_the_largest_that_fits() -> None:

@@ -69,7 +69,9 @@ class Step:
     def unshard(self) -> None:
         """A block's parameters all-gathered, and the next one's in flight (FSDP2 prefetch)."""
         if self.D.parallel == "fsdp":
-            self.whole = self.tl.new(2 * self.block_bytes, "unsharded blocks")
+            # gloo: the next block's all-gather, in flight, also holds a staged copy
+            blocks = 3 if self.D.gloo_staging else 2
+            self.whole = self.tl.new(blocks * self.block_bytes, "unsharded blocks")
 
     def reshard(self) -> None:
         if self.whole is not None:
@@ -84,7 +86,8 @@ class Step:
         if D.parallel != "fsdp":
             return
         total = sum(g.nbytes for g in self.block_grads)
-        send = tl.new(total, "reduce-scatter send buffer")
+        staged = 2 if D.gloo_staging else 1  # gloo stages the send buffer while in flight
+        send = tl.new(staged * total, "reduce-scatter send buffer")
         tl.new(-(-total // D.world_size), "gradient shards")
         tl.drop(*self.block_grads, self.in_flight)
         self.block_grads, self.in_flight = [], send
