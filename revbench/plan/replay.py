@@ -57,10 +57,6 @@ class Step:
         if D.autocast:
             tl.temp(2 * n_params, f"{name} grad (bf16)")
         grad = tl.new(D.s * n_params, f"{name} grad")  # stays: .grad
-        if D.parallel == "ddp" and self.buckets is None:
-            # DDP copies gradients into flat buckets for its all-reduce: all of them, from the
-            # first gradient on
-            self.buckets = tl.new(grad_bytes(D), "DDP gradient buckets")
         if D.parallel == "fsdp":
             self.block_grads.append(grad)
 
@@ -1029,6 +1025,12 @@ def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
     charge = D.charge if allocator else None
     tl = Timeline(base + INT64 * D.N, charge)  # and the batch's token ids
     step = Step(D, tl)
+    if D.parallel == "ddp":
+        # DDP's reducer allocates flat buckets for every gradient's all-reduce when it wraps
+        # the model, and keeps them: they are there before the step starts (measured: the
+        # resident memory before a step exceeds parameters and optimizer state by the
+        # gradients' bytes), so the head's cross-entropy buffers come on top of them
+        step.buckets = tl.new(grad_bytes(D), "DDP gradient buckets")
     if D.parallel == "fsdp":  # the root's parameters stay whole from forward to backward
         root = tl.new(step.root_bytes, "unsharded root")
     x = step.embedding()
