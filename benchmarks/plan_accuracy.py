@@ -106,8 +106,6 @@ def _cpu_variants(out: Path) -> list[Path]:
         spec["metrics"] = ["peak_memory"]
         spec.setdefault("measure", {}).update(steps=1, warmup=1)
         for dtype in ("float32", "bfloat16"):
-            if name == "moe" and dtype == "bfloat16":
-                continue  # CPU bf16 MoE carries oneDNN's per-shape kernel cache (README)
             s = dict(spec, name=f"{name}_{dtype}")
             s["defaults"] = {k: dict(v) for k, v in spec["defaults"].items()}
             s["defaults"].setdefault("train", {})["dtype"] = dtype

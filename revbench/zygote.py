@@ -188,11 +188,15 @@ def _kill(pid: int) -> None:
 
 
 _ZYGOTES: dict[tuple[tuple[str, str], ...], Zygote] = {}
+# The metric environments' variables (metrics.MMAP_ENV): glibc's are read once, at process
+# start, so each setting needs a zygote started with it; the kernel caches' are read when
+# first used, in the case process, but a zygote per setting keeps that from mattering.
+_ALLOCATOR_VARS = ("MALLOC_", "ONEDNN_", "LRU_CACHE_")
 
 
 def zygote_for(env: dict[str, str]) -> Zygote:
     """The zygote for the allocator settings in ``env`` (started on first use)."""
-    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith("MALLOC_")))
+    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith(_ALLOCATOR_VARS)))
     if key not in _ZYGOTES:
         _ZYGOTES[key] = Zygote(env)
     return _ZYGOTES[key]

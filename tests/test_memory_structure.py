@@ -102,6 +102,49 @@ def test_saved_tensors_looks_parameters_up_without_asking_wrappers_for_storage()
     assert saved.bytes == 8 * 8
 
 
+SHAPES = r"""
+import json, torch
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+torch.manual_seed(0)
+w = torch.randn(512, 128, requires_grad=True)
+x0 = torch.randn(1024, 128)
+def step(m):
+    x = x0[:m].clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = torch.nn.functional.linear(x, w)
+    y.float().sum().backward()
+step(7)
+r0 = rss()
+for m in range(100, 160):  # 60 row counts, as an MoE expert sees from step to step
+    step(m)
+print(json.dumps(rss() - r0))
+"""
+
+
+@pytest.mark.slow
+def test_memory_processes_do_not_keep_a_kernel_per_matmul_shape() -> None:
+    """oneDNN and ideep cache a compiled kernel per bf16 matmul shape (~0.8 MiB each); the
+    memory metrics' environment holds both caches to one entry, so 60 shapes through one
+    linear leave the resident set where it was. Without that environment they grow it (by
+    ~100 MiB here; only where this CPU's oneDNN compiles per shape is that part asserted)."""
+    from revbench.measure.metrics import METRICS
+
+    def growth(env: dict[str, str]) -> int:
+        out = subprocess.run(
+            [sys.executable, "-c", SHAPES], env=env, capture_output=True, text=True, check=True
+        )
+        return json.loads(out.stdout)
+
+    plain = {k: v for k, v in os.environ.items() if not k.startswith(("ONEDNN_", "LRU_CACHE_"))}
+    capped = growth({**plain, **METRICS.get("peak_memory").env})
+    assert capped < 15 * 2**20, capped
+    cached = growth({**plain, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    if cached > 30 * 2**20:
+        assert capped < cached / 4, (capped, cached)
+
+
 RSS_READERS = r"""
 import torch
 from revbench.measure.memory import read_peak_rss, read_rss, reset_peak_rss

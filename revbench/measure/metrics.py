@@ -23,8 +23,18 @@ if TYPE_CHECKING:
     from revbench.case import Case
     from revbench.settings import DataSettings
 
-# glibc returns allocations >= 64 KiB to the OS on free, so VmHWM tracks live tensor memory.
-MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+# The environment of every memory-measuring case process (docs/measurement.md):
+# - glibc returns allocations >= 64 KiB to the OS on free, so VmHWM tracks live tensor memory;
+# - oneDNN (bf16/fp16 matmuls on CPU) and ideep, PyTorch's layer over it, each cache compiled
+#   kernels per matrix shape, about 0.8 MiB a shape, kept for the life of the process: 300
+#   shapes of one bf16 linear grew the resident set by 498 MiB, 1.8 MiB with both caches held
+#   to one entry. A step's memory would otherwise depend on how many shapes the process has
+#   seen (MoE experts see new token counts every step). Timing processes keep the caches.
+MMAP_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1",
+    "LRU_CACHE_CAPACITY": "1",
+}
 
 
 Outcome = tuple[str, "str | None", dict[str, Any]]

@@ -147,10 +147,11 @@ def warm_runtime(case: Case) -> None:
     On CPU the first step pages in the code of every kernel it uses and sets up thread pools
     and allocator arenas (~90 MB of RSS with torch 2.13), which the kernel's high-water mark
     would otherwise charge to the model; this is the CPU analogue of a CUDA context. oneDNN,
-    which runs bf16/fp16 autocast matmuls on CPU, also builds and caches a kernel per matrix
-    shape, so the warm step uses the case's own shapes (measured, tiny llama model, bf16: 15.9
-    MiB charged to the model after a batch-1 x 8-token warm step, 4.2 MiB after one at the
-    case's shape; float32 5.8 and 4.8). Measured figures then start from the warmed runtime.
+    which runs bf16/fp16 autocast matmuls on CPU, also builds a kernel per matrix shape, so the
+    warm step uses the case's own shapes (measured, tiny llama model, bf16, before memory
+    processes held oneDNN's kernel caches to one entry (``metrics.MMAP_ENV``): 15.9 MiB charged
+    to the model after a batch-1 x 8-token warm step, 4.2 MiB after one at the case's shape;
+    float32 5.8 and 4.8). Measured figures then start from the warmed runtime.
     """
     import gc
 
