@@ -117,7 +117,7 @@ def _trials_here(suite_path: str, folders: list[str]) -> dict[str, list[float]]:
     from revbench.suite import load_suite
 
     cases = {c.name: c for c in load_suite(suite_path).cases if c.name != "warm-up"}
-    sizes = {name: [] for name in cases}  # type: dict[str, list[list[int]]]
+    sizes: dict[str, list[list[int]]] = {name: [] for name in cases}
     for folder in folders:
         df = load(Path(folder))
         for name in cases:

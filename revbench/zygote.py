@@ -188,15 +188,13 @@ def _kill(pid: int) -> None:
 
 
 _ZYGOTES: dict[tuple[tuple[str, str], ...], Zygote] = {}
-# The metric environments' variables (metrics.MMAP_ENV): glibc's are read once, at process
-# start, so each setting needs a zygote started with it; the kernel caches' are read when
-# first used, in the case process, but a zygote per setting keeps that from mattering.
-_ALLOCATOR_VARS = ("MALLOC_", "ONEDNN_", "LRU_CACHE_")
 
 
 def zygote_for(env: dict[str, str]) -> Zygote:
     """The zygote for the allocator settings in ``env`` (started on first use)."""
-    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith(_ALLOCATOR_VARS)))
+    # Only glibc's settings need a zygote of their own: oneDNN's and ideep's cache capacities
+    # (metrics.MMAP_ENV) are read at their first matmul, from the case process's environment.
+    key = tuple(sorted((k, v) for k, v in env.items() if k.startswith("MALLOC_")))
     if key not in _ZYGOTES:
         _ZYGOTES[key] = Zygote(env)
     return _ZYGOTES[key]

@@ -37,12 +37,11 @@ class Step:
     def __init__(self, D: Dims, tl: Timeline) -> None:
         self.D, self.tl = D, tl
         self.casts: list[Buf] = []  # autocast's cache of weight casts, dropped at forward end
-        # data parallelism (``measure/parallel.py``): DDP's gradient buckets; FSDP2's whole
-        # parameters of the blocks being computed, whole gradients awaiting reduce-scatter
         self.early_stop = False  # checkpointing's recompute stops after its last saved tensor
         self.saving = True  # False: a forward that keeps nothing for backward (checkpointed
         # blocks, the reversible Function's forward): saved-only tensors die at once
-        self.buckets: Buf | None = None
+        # FSDP2 (``measure/parallel.py``): the whole parameters of the blocks being computed,
+        # whole gradients awaiting reduce-scatter (DDP's buckets are booked by replay_step)
         self.whole: Buf | None = None
         self.block_grads: list[Buf] = []
         self.in_flight: Buf | None = None
@@ -1030,7 +1029,7 @@ def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
         # the model, and keeps them: they are there before the step starts (measured: the
         # resident memory before a step exceeds parameters and optimizer state by the
         # gradients' bytes), so the head's cross-entropy buffers come on top of them
-        step.buckets = tl.new(grad_bytes(D), "DDP gradient buckets")
+        tl.new(grad_bytes(D), "DDP gradient buckets")  # held to the step's end
     if D.parallel == "fsdp":  # the root's parameters stay whole from forward to backward
         root = tl.new(step.root_bytes, "unsharded root")
     x = step.embedding()
