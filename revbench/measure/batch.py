@@ -225,7 +225,6 @@ COLUMNS = (
 
 def measure_trial(case: Case) -> dict[str, Any]:
     """Child side: run ``trial_steps`` full steps at the case's size; report the footprint."""
-    import torch
 
     from revbench.measure.device import resolve_device
     from revbench.measure.memory import PeakMemory
@@ -236,8 +235,7 @@ def measure_trial(case: Case) -> dict[str, Any]:
     budget = _budget(case, device)
     limit = int(budget * (1 - m.headroom))
     if device.type == "cuda":
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), device)
+        cap_allocator(limit, device)
     else:
         warm_runtime(case)
     # from the warmed runtime (CPU) or an empty allocator (CUDA, a fresh process): the footprint
@@ -248,6 +246,19 @@ def measure_trial(case: Case) -> dict[str, Any]:
         step.synchronize()
     peak = mem.grown
     return {"trial_peak_bytes": peak, "trial_fits": peak <= limit, "budget_bytes": budget}
+
+
+def cap_allocator(limit: int, device: Any) -> None:
+    """CUDA: cap the caching allocator of ``device`` at ``limit`` bytes.
+
+    ``set_per_process_memory_fraction`` wants an indexed device (``cuda:0`` or 0); a bare
+    ``cuda``, which ``train.device: cuda`` resolves to, is the current device.
+    """
+    import torch
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, limit / total), index)
 
 
 def _budget(case: Case, device: Any) -> int:
