@@ -122,6 +122,34 @@ def test_stamp_fills_only_missing_commits(tmp_path: Path) -> None:
     df = results.load(tmp_path)
     assert sorted(df["git_commit"]) == ["abc123", "kept"]
     assert kit.stamp(tmp_path, "abc123") == 0
+    # --replace: the device tool's copy reads its .git's older commit (run 2 of stop 27)
+    assert kit.stamp(tmp_path, "def456", replace=True) == 2
+    assert sorted(results.load(tmp_path)["git_commit"]) == ["def456", "def456"]
+    assert kit.stamp(tmp_path, "def456", replace=True) == 0
+
+
+def test_summary_prints_rows_whose_first_cells_are_lists(tmp_path: Path) -> None:
+    # max-batch rows carry search_trial_list, which parquet gives back as an array: the
+    # summary of the first GPU run's rows stopped on it (pd.isna of an array)
+    row = {
+        "schema_version": results.SCHEMA_VERSION,
+        "suite": "gpu_validation_max_batch",
+        "case": "midpoint",
+        "case_index": 0,
+        "config_hash": "h",
+        "repeat": 0,
+        "timestamp_utc": dt.datetime.now(dt.timezone.utc),
+        "status": "ok",
+        "max_batch_size": 11,
+        "search_trial_list": [
+            {"size": 12, "fits": False, "peak_bytes": None, "status": "oom"},
+            {"size": 11, "fits": True, "peak_bytes": 7.5e9, "status": "ok"},
+        ],
+    }
+    results.write_row(row, tmp_path / "gpu_validation_max_batch" / "a.parquet")
+    text = kit.summary(tmp_path)
+    assert "gpu_validation_max_batch: 1/1 rows ok" in text
+    assert "midpoint" in text and "11" in text
 
 
 def test_run_sh_rejects_bad_arguments(tmp_path: Path) -> None:

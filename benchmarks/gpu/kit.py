@@ -5,10 +5,12 @@
     tool's carry limit, and together with the GPU machine's packages (machine-packages.txt)
     satisfy every requirement of revbench (pyproject.toml) and of every carried wheel, with
     markers evaluated for CPython 3.12 on Linux x86-64. Exit 1 with one line per problem.
-``python benchmarks/gpu/kit.py stamp RESULTS COMMIT``
-    Fill ``git_commit`` of the rows under RESULTS that have none (the GPU machine gets a copy of
-    the working tree without .git, so revbench cannot read the commit there); rows are
-    rewritten atomically through revbench.results.write_row.
+``python benchmarks/gpu/kit.py stamp RESULTS COMMIT [--replace]``
+    Fill ``git_commit`` of the rows under RESULTS that have none (a copy of the working tree
+    without .git: revbench cannot read the commit there); with ``--replace``, also overwrite
+    every other commit (a copy whose .git is older than its tree: the device tool's copy holds
+    the .git of the session's first commit, so revbench reads that commit there, ``+dirty``).
+    Rows are rewritten atomically through revbench.results.write_row.
 ``python benchmarks/gpu/kit.py summary RESULTS``
     A short text summary of the rows: per suite, every case's status and headline figures.
 """
@@ -139,8 +141,9 @@ def _row_files(results: Path) -> list[Path]:
     return sorted(p for p in results.rglob("*.parquet") if not p.name.startswith("."))
 
 
-def stamp(results: Path, commit: str) -> int:
-    """Fill the empty ``git_commit`` of every row under ``results``; returns how many."""
+def stamp(results: Path, commit: str, *, replace: bool = False) -> int:
+    """Fill the empty ``git_commit`` of every row under ``results`` (``replace``: every one
+    that is not ``commit``); returns how many rows changed."""
     import pyarrow.parquet as pq
 
     from revbench.results import write_row
@@ -148,7 +151,7 @@ def stamp(results: Path, commit: str) -> int:
     n = 0
     for f in _row_files(results):
         row = pq.read_table(f).to_pylist()[0]
-        if not row.get("git_commit"):
+        if not row.get("git_commit") or (replace and row["git_commit"] != commit):
             row["git_commit"] = commit
             write_row(row, f)
             n += 1
@@ -173,9 +176,10 @@ SUMMARY_COLUMNS = {
 
 
 def _cell(col: str, v: Any) -> str:
+    import numpy as np
     import pandas as pd
 
-    if v is None or (not isinstance(v, (list, tuple)) and pd.isna(v)):
+    if v is None or (not isinstance(v, (list, tuple, np.ndarray)) and pd.isna(v)):
         return ""
     if col.endswith("_bytes"):
         return f"{v / 2**20:,.1f}"
@@ -243,8 +247,9 @@ def main(argv: list[str]) -> int:
         for p in problems:
             print(f"kit: {p}", file=sys.stderr)
         return 1 if problems else 0
-    if argv[:1] == ["stamp"] and len(argv) == 3:
-        print(f"stamped {stamp(Path(argv[1]), argv[2])} rows with commit {argv[2]}")
+    if argv[:1] == ["stamp"] and len(argv) in (3, 4) and argv[3:] in ([], ["--replace"]):
+        n = stamp(Path(argv[1]), argv[2], replace=argv[3:] == ["--replace"])
+        print(f"stamped {n} rows with commit {argv[2]}")
         return 0
     if argv[:1] == ["summary"] and len(argv) == 2:
         print(summary(Path(argv[1])), end="")

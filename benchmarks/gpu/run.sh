@@ -153,8 +153,14 @@ stage max_batch 150 "$PY" -m revbench.cli run "$MAX_BATCH" --out "$WORK/results"
 stage suite 600 "$PY" -m revbench.cli run "$SUITE" --out "$WORK/results"
 
 # --- provenance, summary, pack --------------------------------------------------------------
-if ! git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
-    if [ -z "$COMMIT" ] && [ -f "$WHEELS/SOURCE" ]; then
+# --commit is the truth when given: the device tool's copy of the tree carries the .git of the
+# session's first commit, not of the tree it sends, so revbench reads an older commit there
+# (with +dirty); --replace overwrites it. Without --commit and without .git: .whl/SOURCE.
+if [ -n "$COMMIT" ]; then
+    STATUS+=("provenance: --commit $COMMIT; $("$PY" "$ROOT/benchmarks/gpu/kit.py" stamp \
+        "$WORK/results" "$COMMIT" --replace 2>&1 | tail -n 1)")
+elif ! git -C "$ROOT" rev-parse HEAD >/dev/null 2>&1; then
+    if [ -f "$WHEELS/SOURCE" ]; then
         COMMIT=$(sed -n 's/^commit //p' "$WHEELS/SOURCE")
         grep -q '^dirty' "$WHEELS/SOURCE" && COMMIT="$COMMIT+dirty"
     fi
