@@ -9,12 +9,17 @@ peak-memory cases (quickstart, depth_sweep, moe, parallel and their bf16 variant
 RESULTS, which takes about 20 minutes on 2 cores.
 
     python benchmarks/plan_accuracy.py results/plan --run
-    python benchmarks/plan_accuracy.py revbench/data/reference/nvidia-h100   # rows from a GPU
+    python benchmarks/plan_accuracy.py revbench/data/reference/nvidia-h100-80gb-hbm3 --repredict
+
+``--repredict`` ignores the predictions stored in the rows and asks the planner as it is now
+(for rows from a GPU, with that GPU's compute capability from revbench's GPU table), for peaks
+and for the largest batch of max-batch rows.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,8 +28,11 @@ import pandas as pd
 import yaml
 
 from revbench import results
-from revbench.plan import predict
+from revbench.gpus import by_device_name
+from revbench.models.config import ModelConfig
+from revbench.plan import predict, predict_max_batch
 from revbench.runner import run_suite
+from revbench.units import parse_bytes
 
 SUITES = Path(__file__).resolve().parent.parent / "revbench" / "suites"
 CPU_SUITES = ("quickstart", "depth_sweep", "moe", "parallel")
@@ -85,6 +93,10 @@ _INTS = {
     "repeats",
     "min_size",
     "max_size",
+} | {  # and every integer field of the model's configuration (a_seed, ...)
+    f.name
+    for f in dataclasses.fields(ModelConfig)
+    if str(f.type).startswith(("int", "Annotated[int"))
 }
 
 
@@ -120,16 +132,21 @@ def _cpu_variants(out: Path) -> list[Path]:
     return made
 
 
-def table(rows: pd.DataFrame) -> pd.DataFrame:
+def _gpu(r: pd.Series) -> Any:
+    return by_device_name(r.get("device_name")) if r.get("device_type") == "cuda" else None
+
+
+def table(rows: pd.DataFrame, repredict: bool = False) -> pd.DataFrame:
     out = []
     for _, r in rows.iterrows():
         measured = r.get("peak_mem_delta_bytes")
         if _missing(measured):
             continue
-        predicted = r.get("predicted_peak_bytes")
+        predicted = None if repredict else r.get("predicted_peak_bytes")
         if _missing(predicted):
             try:
-                predicted = predict(_case(r), device=r.get("device_type") or None).peak_bytes
+                device = r.get("device_type") or None
+                predicted = predict(_case(r), device=device, gpu=_gpu(r)).peak_bytes
             except Exception as e:  # a row the planner cannot plan
                 print(f"  {r['suite']} {r['case']}: no prediction ({e})")
                 continue
@@ -151,6 +168,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path)
     ap.add_argument("--run", action="store_true", help="run the CPU-sized suites first")
+    ap.add_argument(
+        "--repredict", action="store_true", help="ask the planner now, not the rows' predictions"
+    )
     args = ap.parse_args()
     if args.run:
         with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +179,7 @@ def main() -> None:
                 run_suite(suite, args.results, resume=True, quiet=True)
     df = results.load(args.results) if args.results.exists() else pd.DataFrame()
     df = df[df["status"] == "ok"] if len(df) else df
-    t = table(df)
+    t = table(df, args.repredict)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_rows", 500)
     if not t.empty:
@@ -171,7 +191,17 @@ def main() -> None:
                 f"max {e.max():5.2f}%"
             )
     if len(df) and "predicted_max_batch_size" in df:
-        mb = df.dropna(subset=["max_batch_size", "predicted_max_batch_size"])
+        mb = df.dropna(subset=["max_batch_size", "predicted_max_batch_size"]).copy()
+        if len(mb) and args.repredict:
+            mb["predicted_max_batch_size"] = [
+                predict_max_batch(
+                    _case(r),
+                    parse_bytes(r["measure.budget"]),
+                    device=r.get("device_type"),
+                    gpu=_gpu(r),
+                )
+                for _, r in mb.iterrows()
+            ]
         if len(mb):
             print("\nmax batch: predicted vs found")
             print(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from revbench.gpus import Gpu
 from revbench.plan.dims import Dims, dims_of
 from revbench.plan.params import charged, grad_bytes, optimizer_bytes, param_bytes
 from revbench.plan.replay import replay_step
@@ -72,13 +73,17 @@ def predict_dims(D: Dims) -> MemoryPlan:
     )
 
 
-def predict(case: Any, *, device: str | None = None) -> MemoryPlan:
+def predict(case: Any, *, device: str | None = None, gpu: Gpu | None = None) -> MemoryPlan:
     """The plan of a ``Case`` (``suite.Case``: its model, data and train sections);
-    ``device`` plans for another device than the case's (``cuda`` for a GPU)."""
+    ``device`` plans for another device than the case's (``cuda`` for a GPU); ``gpu`` names
+    the card (its compute capability sizes cuBLAS's workspace; else the current one)."""
     sec = _sections(case)
     if device is not None:
         sec["train"]["device"] = device
-    return predict_dims(dims_of(sec["model"], sec["data"], sec["train"], sec["measure"]))
+    cap = gpu.capability if gpu else None
+    return predict_dims(
+        dims_of(sec["model"], sec["data"], sec["train"], sec["measure"], capability=cap)
+    )
 
 
 def _sections(case: Any) -> dict[str, dict[str, Any]]:
@@ -94,11 +99,13 @@ def predict_max_batch(
     memory_bytes: int,
     *,
     device: str | None = None,
+    gpu: Gpu | None = None,
     headroom: float | None = None,
     cap: int = 1 << 20,
 ) -> int:
     """The largest batch whose predicted peak fits ``memory_bytes`` less ``headroom`` (the
-    case's ``measure.headroom`` when None); 0 when not even batch 1 fits."""
+    case's ``measure.headroom`` when None); 0 when not even batch 1 fits. ``gpu`` as in
+    ``predict``."""
     sec = _sections(case)
     measure = sec["measure"]
     headroom = measure.get("headroom", 0.05) if headroom is None else headroom
@@ -106,7 +113,7 @@ def predict_max_batch(
     if device is not None:
         sec["train"]["device"] = device
     trial = {"warmup": 0, "steps": measure.get("trial_steps", 1)}
-    D = dims_of(sec["model"], sec["data"], sec["train"], trial)
+    D = dims_of(sec["model"], sec["data"], sec["train"], trial, capability=gpu and gpu.capability)
 
     def fits(b: int) -> bool:
         return predict_dims(D.with_batch(b)).peak_bytes <= limit

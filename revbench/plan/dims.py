@@ -37,6 +37,8 @@ class Dims:
     """The optimizer's state exists when the measured step starts (a step ran before it); a
     single-step measurement (a max-batch trial with ``trial_steps: 1``) has it only from its
     optimizer step on."""
+    cublas_workspace: int = 0
+    """CUDA: bytes of one cuBLAS workspace (``cublas_workspace_bytes``); 0 on CPU."""
 
     @property
     def N(self) -> int:
@@ -142,6 +144,42 @@ class Dims:
 
 
 _BYTES = {"float32": 4, "float64": 8, "bfloat16": 4, "float16": 4}
+HOPPER_WORKSPACE = 4096 * 8 * 1024
+"""cuBLAS workspace PyTorch gives each (cuBLAS handle, stream) on compute capability 9.x and
+later: 32 MiB (measured on an H100 with torch 2.11: the first matmul adds 32 MiB to
+``memory_allocated`` beyond its tensors, and the first backward matmul 32 MiB more)."""
+OLDER_WORKSPACE = 4096 * 1024 * 2 + 16 * 1024 * 8
+"""PyTorch's default before compute capability 9 (``CUBLAS_WORKSPACE_CONFIG=:4096:2:16:8``)."""
+
+
+def cublas_workspace_bytes(
+    capability: tuple[int, int] | None = None, config: str | None = None
+) -> int:
+    """Bytes of one cuBLAS workspace as PyTorch sizes it: ``CUBLAS_WORKSPACE_CONFIG``
+    (``:SIZE:COUNT`` pairs, SIZE in KiB) when set and readable, else by compute capability
+    (None: the current CUDA device when torch has initialised CUDA already, else 9.x, the
+    larger size). PyTorch takes it from its caching allocator, so it is inside
+    ``max_memory_allocated``, and keeps it for the life of the process."""
+    import os
+    import re
+
+    config = os.environ.get("CUBLAS_WORKSPACE_CONFIG") if config is None else config
+    if config:
+        pairs = re.findall(r":([0-9]+):([0-9]+)", config)
+        if pairs:
+            return sum(int(size) * 1024 * int(count) for size, count in pairs)
+    if capability is None:
+        capability = _current_capability() or (9, 0)
+    return HOPPER_WORKSPACE if capability[0] >= 9 else OLDER_WORKSPACE
+
+
+def _current_capability() -> tuple[int, int] | None:
+    import sys
+
+    torch = sys.modules.get("torch")  # never initialise CUDA just to plan
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    return tuple(torch.cuda.get_device_capability())  # type: ignore[return-value]
 
 
 def dims_of(
@@ -149,9 +187,12 @@ def dims_of(
     data: dict[str, Any],
     train: dict[str, Any],
     measure: dict[str, Any] | None = None,
+    *,
+    capability: tuple[int, int] | None = None,
 ) -> Dims:
     """``Dims`` of a case's model, data and train sections (plain dicts, as ``Case`` holds);
-    ``measure`` tells whether the measured steps start with the optimizer's state."""
+    ``measure`` tells whether the measured steps start with the optimizer's state;
+    ``capability`` is the CUDA GPU's (``cublas_workspace_bytes``)."""
     cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
     dtype = train.get("dtype", "float32")
     autocast = dtype in ("bfloat16", "float16")
@@ -173,6 +214,7 @@ def dims_of(
         world_size=int(train.get("nproc_per_node", 1)) if parallel != "none" else 1,
         parallel=parallel,
         warm_optimizer=_steps_before(measure) > 0,
+        cublas_workspace=cublas_workspace_bytes(capability) if device == "cuda" else 0,
     )
 
 

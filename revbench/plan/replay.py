@@ -1032,6 +1032,13 @@ def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
         tl.new(grad_bytes(D), "DDP gradient buckets")  # held to the step's end
     if D.parallel == "fsdp":  # the root's parameters stay whole from forward to backward
         root = tl.new(step.root_bytes, "unsharded root")
+    # CUDA: PyTorch gives each (cuBLAS handle, stream) a workspace from its caching allocator
+    # at its first matmul and keeps it; handles are per thread, so the forward's thread and
+    # autograd's device thread hold one each (measured on an H100, torch 2.11: +32 MiB at the
+    # first forward matmul, +32 MiB more at the first backward one). After a first step both
+    # exist before the step starts.
+    workspaces = 2 if D.warm_optimizer else 1
+    tl.new(workspaces * D.cublas_workspace, "cuBLAS workspaces")  # held to the step's end
     x = step.embedding()
     if D.reversible:  # the trunks take the embedding's reference
         h, state = step.reversible_trunk(x)
@@ -1042,6 +1049,8 @@ def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
     step.end_forward(head)
     tl.mark("backward")
     tl.phase = "backward"
+    if not D.warm_optimizer:  # a first step: autograd's thread makes its own at its first matmul
+        tl.new(D.cublas_workspace, "cuBLAS workspace of autograd's thread")
     g = step.head_back(head)
     back = step.reversible_trunk_back if D.reversible else step.residual_trunk_back
     step.embedding_back(back(g, state))

@@ -22,6 +22,7 @@ class Target:
     label: str
     memory_bytes: int
     device: str
+    gpu: Gpu | None = None
 
 
 def targets(gpus: str | None, memory: str | None, device: str | None) -> list[Target]:
@@ -32,13 +33,13 @@ def targets(gpus: str | None, memory: str | None, device: str | None) -> list[Ta
     out: list[Target] = []
     for name in filter(None, (n.strip() for n in (gpus or "").split(","))):
         if name.lower() == "all":
-            out += [Target(g.name, g.memory_bytes, "cuda") for g in GPUS]
+            out += [Target(g.name, g.memory_bytes, "cuda", g) for g in GPUS]
             continue
         try:
             gpu: Gpu = by_name(name)
         except KeyError as e:
             raise RevbenchError(f"--gpu: {e.args[0]}") from None
-        out.append(Target(gpu.name, gpu.memory_bytes, "cuda"))
+        out.append(Target(gpu.name, gpu.memory_bytes, "cuda", gpu))
     if memory:
         try:
             size = parse_bytes(memory)
@@ -84,6 +85,6 @@ def plan_table(suite_path: str | Path, wanted: list[Target], device: str | None 
         ]
         for t in wanted:
             tdev = None if t.device == "auto" else t.device
-            row.append(f"{predict_max_batch(case, t.memory_bytes, device=tdev):,}")
+            row.append(f"{predict_max_batch(case, t.memory_bytes, device=tdev, gpu=t.gpu):,}")
         table.add_row(*map(escape, row))
     return table
