@@ -279,3 +279,32 @@ def test_repeats_median_row_unstable_flag_and_reconstruction_through_the_runner(
     # reconstruction: float64 midpoint rebuilds its states and gradients to rounding error
     for _, r in df.iterrows():
         assert r["status"] == "ok" and r["grad_rel_err"] < 1e-10, r["grad_rel_err"]
+
+
+def test_cuda_budget_caps_an_indexed_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``train.device: cuda`` resolves to a bare ``cuda`` device, which
+    ``set_per_process_memory_fraction`` refuses (every trial of the first H100 run failed with
+    'Expected a torch.device with a specified index'): the cap goes to the current device's
+    index, or to the index the device names. Checked here with torch's own index check."""
+    import torch
+    from torch.cuda._utils import _get_device_index
+
+    from revbench.measure.batch import cap_allocator
+
+    calls: list[tuple[float, int]] = []
+
+    class Props:
+        total_memory = 80 * 2**30
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: Props)
+    monkeypatch.setattr(
+        torch.cuda,
+        "set_per_process_memory_fraction",
+        lambda fraction, device: calls.append((fraction, _get_device_index(device))),
+    )
+    with pytest.raises(ValueError, match="specified index"):
+        _get_device_index(torch.device("cuda"))  # what the old call handed it
+    cap_allocator(8 * 2**30, torch.device("cuda"))
+    cap_allocator(100 * 2**30, torch.device("cuda", 1))
+    assert calls == [(0.1, 0), (1.0, 1)]
