@@ -156,6 +156,7 @@ HASHED_IF_SET: dict[str, Any] = {
     "ham_carry": False,
     "head_chunk_tokens": 0,
     "head_impl": "torch",
+    "recompute_chunk_seqs": 0,
     "a_layers": None,
     "a_draw": "none",
     "a_width": 0.5,

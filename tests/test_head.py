@@ -149,3 +149,74 @@ def test_liger_head_is_a_clear_error_without_its_kernel_on_cpu() -> None:
     ids = token_batch(TINY["vocab_size"], 3, 11)
     with pytest.raises(RuntimeError, match="liger"):
         model(ids, labels=ids)
+
+
+# --- head_impl: inplace ----------------------------------------------------------------------
+
+INPLACE = [(a, tie) for a in ("baseline", "midpoint", "moe", "revffn") for tie in (True, False)]
+
+
+@pytest.mark.parametrize(("arch", "tie"), INPLACE, ids=[f"{a}-tied{t}" for a, t in INPLACE])
+def test_inplace_head_equals_full_head_float64(arch: str, tie: bool) -> None:
+    full = config(arch, tie_embeddings=tie)
+    ids = token_batch(TINY["vocab_size"], 3, 11)
+    targets = token_batch(TINY["vocab_size"], 3, 11, seed=2)
+    targets[:, ::3] = -100
+    for kw in ({"labels": ids}, {"targets": targets}):
+        loss_f, grads_f = run(full, ids, **kw)
+        loss_i, grads_i = run(dataclasses.replace(full, head_impl="inplace"), ids, **kw)
+        assert abs(loss_i - loss_f) <= 1e-12 * abs(loss_f)
+        assert grads_i.keys() == grads_f.keys()
+        for n in grads_f:
+            assert rel(grads_i[n], grads_f[n]) < 1e-10, n
+
+
+def test_inplace_head_works_in_chunks_of_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """More tokens than one work chunk (33 tokens in chunks of 7): the same loss and grads."""
+    from revbench.models import head
+
+    ids = token_batch(TINY["vocab_size"], 3, 11)
+    cfg = config("midpoint", head_impl="inplace")
+    loss_1, grads_1 = run(cfg, ids, labels=ids)
+    monkeypatch.setattr(head, "INPLACE_ROWS", 7)
+    loss_7, grads_7 = run(cfg, ids, labels=ids)
+    assert loss_7 == pytest.approx(loss_1, rel=1e-14)
+    for n in grads_1:
+        assert rel(grads_7[n], grads_1[n]) < 1e-13, n
+
+
+def test_inplace_head_keeps_no_float32_tokens_by_vocab_buffers_beside_the_logits() -> None:
+    """bf16 autocast: the loss saves the bf16 logits, works in float32 chunks of rows, and
+    its backward returns the logits' own memory; F.cross_entropy's backward makes float32
+    (tokens, vocab) buffers. Traced live bytes of the backward, and the loss and gradients
+    against the torch head (the same bf16 product). Over the step: the torch head holds a
+    float32 copy of the logits and their log-softmax, then two float32 gradients; this one
+    the bf16 logits and one float32 chunk (here all 256 rows)."""
+    from livebytes import LiveBytes
+
+    from revbench.models import head
+
+    ids = torch.randint(512, (4, 64))  # 256 tokens, vocab 512: the head is most of the step
+    peaks, grads, losses = {}, {}, {}
+    for impl in ("torch", "inplace"):
+        torch.manual_seed(0)
+        model = build_model(config("midpoint", vocab_size=512, max_seq_len=64, head_impl=impl))
+        with LiveBytes() as live:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(ids, labels=ids)
+            assert (out.logits is None) == (impl == "inplace")
+            loss = out.loss.detach()
+            out.loss.backward()
+            del out
+        peaks[impl], losses[impl] = live.peak, float(loss)
+        grads[impl] = {n: p.grad for n, p in model.named_parameters()}
+    assert losses["inplace"] == pytest.approx(losses["torch"], rel=1e-6)
+    assert max(rel(grads["inplace"][n], grads["torch"][n]) for n in grads["torch"]) < 1e-2
+    full = 256 * 512 * 4  # one float32 (tokens, vocab) buffer
+    assert peaks["torch"] - peaks["inplace"] > 1.5 * full, peaks  # measured 1.96
+    assert head.INPLACE_ROWS >= 256  # one work chunk here
+
+
+def test_inplace_head_refuses_chunks() -> None:
+    with pytest.raises(ValueError, match=r"head_impl: inplace .*head_chunk_tokens must be 0"):
+        config("midpoint", head_impl="inplace", head_chunk_tokens=8)

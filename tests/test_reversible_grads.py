@@ -270,3 +270,70 @@ def test_autocast_bf16_runs_and_tracks_plain_path() -> None:
         grads[reversible] = {n: p.grad.clone() for n, p in model.named_parameters()}
     errs = [rel(grads[True][n], grads[False][n]) for n in grads[False]]
     assert max(errs) < 1e-5, max(errs)  # measured <= 1e-7 (test_contract.py: BF16_BOUND)
+
+
+# --- recompute_chunk_seqs: the reversible backward over slices of the batch ------------------
+
+SLICED = [
+    ("midpoint", {}),
+    ("midpoint", {"a": -1.5, "step_size": 0.5, "init_state": "euler"}),
+    ("leapfrog", {"block": "llama"}),
+    ("hamiltonian", {}),
+    ("revnet", {"readout": "last"}),
+    ("revffn", {"revffn_query": "x2"}),
+    ("revffn", {"revffn_query": "x1", "revffn_adapters": "pair"}),
+    ("midpoint", {"force": "pair"}),
+]
+
+
+@pytest.mark.parametrize(
+    ("arch", "over"), SLICED, ids=[f"{a}-{i}" for i, (a, _) in enumerate(SLICED)]
+)
+@pytest.mark.parametrize("chunk", [1, 2, 4])
+def test_sliced_backward_equals_plain_autograd(arch: str, over: dict, chunk: int) -> None:
+    """Slices of 1, 2 and 4 sequences of a batch of 5 (the last slice shorter, 4: two slices)
+    give the plain path's float64 gradients, and the whole-batch reversible backward's to
+    rounding."""
+    ids = token_batch(B=5)
+    model = make_model(arch, torch.float64, n_layers=3, recompute_chunk_seqs=chunk, **over)
+    loss_err, grad_err = grad_error(model, ids)
+    assert loss_err < 1e-12
+    assert grad_err < 1e-10, f"max relative gradient error {grad_err:.2e}"
+    whole = make_model(arch, torch.float64, n_layers=3, **over)
+    _, want = loss_and_grads(whole, ids, reversible=True)
+    _, got = loss_and_grads(model, ids, reversible=True)
+    assert max(rel(got[n], want[n]) for n in want) < 1e-13
+
+
+def test_sliced_backward_holds_one_slice_of_recompute() -> None:
+    """What the backward adds beyond the states falls with the slice: a step's recompute graph
+    is a slice's (traced live tensor bytes, float32, batch 8: slices of 2 sequences keep well
+    under half the whole batch's transient)."""
+    from livebytes import LiveBytes
+
+    def backward_peak(chunk: int) -> int:
+        model = make_model("midpoint", torch.float32, n_layers=2, recompute_chunk_seqs=chunk)
+        ids = token_batch(B=8, T=16)
+        loss = model(ids, labels=ids).loss
+        with LiveBytes() as live:
+            loss.backward()
+        return live.peak
+
+    whole, sliced = backward_peak(0), backward_peak(2)
+    assert sliced < 0.6 * whole, (sliced, whole)
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"arch": "baseline"}, "not reversible"),
+        ({"dropout": 0.1}, "dropout"),
+        ({"arch": "revffn", "n_experts": 4}, "load-balancing"),
+        ({"arch": "revffn", "revffn_fp_tol": 1e-4}, "revffn_fp_tol"),
+    ],
+)
+def test_sliced_backward_refuses_what_mixes_sequences(over: dict, field: str) -> None:
+    from revbench.models.config import ModelConfig
+
+    with pytest.raises(ValueError, match=f"recompute_chunk_seqs .*{field}"):
+        ModelConfig(**{"arch": "midpoint", "recompute_chunk_seqs": 2, **over})

@@ -136,6 +136,11 @@ def scheme_readout(arch: str, readout: str = "auto") -> str | None:
 PosInt = Annotated[int, Field(ge=1)]
 
 
+INPLACE_ROWS = 1024
+"""Rows (tokens) of the float32 work chunk of ``head_impl: inplace`` on low-precision logits
+(``models/head.py::inplace_cross_entropy``; the memory planner books it too)."""
+
+
 @dataclass(config=ConfigDict(extra="forbid", strict=True))
 class ModelConfig:
     """Configuration of one model; field groups below, defaults chosen for CPU-sized tests."""
@@ -164,9 +169,24 @@ class ModelConfig:
     """Compute the training loss's LM head in chunks of this many tokens (``models/head.py``):
     the full (tokens, vocab) logits are never materialised, each chunk's logits are recomputed
     in backward. 0: the full logits (what the papers' models do). The loss is the same."""
-    head_impl: Literal["torch", "liger"] = "torch"
-    """torch: revbench's own head (full or chunked, any device). liger: Liger-Kernel's fused
-    linear cross-entropy (CUDA only, ``pip install liger-kernel``; never materialises logits)."""
+    head_impl: Literal["torch", "inplace", "liger"] = "torch"
+    """torch: revbench's own head (full or chunked, any device), the full logits' loss through
+    ``F.cross_entropy``. inplace: the full logits too, but the cross-entropy's backward writes
+    the logits' gradient into the logits' own memory (``models/head.py``): the logits at their
+    dtype and a 1024-token chunk in float32 instead of three full (tokens, vocab) float32
+    buffers; the model's output then carries no logits (they are overwritten). liger:
+    Liger-Kernel's fused linear cross-entropy (CUDA only, ``pip install liger-kernel``; never
+    materialises logits)."""
+
+    # --- reversible backward ---
+    recompute_chunk_seqs: Annotated[int, Field(ge=0)] = 0
+    """Run each step of the reversible backward (recompute, rebuild, VJP) over slices of this
+    many sequences of the batch, summing the parameters' gradients over the slices
+    (``reversible.sliced_backward_step``): a step then holds one slice's recompute graph
+    instead of the whole batch's, beside the whole states and their gradients. 0: the whole
+    batch at once. The gradients are the same (float64: equal); it needs a block whose
+    sequences do not interact, so it refuses dropout (one mask over the batch), experts (the
+    load-balancing loss is over the batch) and RevFFN's tolerance-stopped fixed point."""
 
     # --- training behaviour ---
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
@@ -290,6 +310,13 @@ class ModelConfig:
                 f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})"
             )
         self._check_scheme_coefficients()
+        if self.recompute_chunk_seqs:
+            self._check_recompute_chunks()
+        if self.head_impl == "inplace" and self.head_chunk_tokens:
+            raise ValueError(
+                "head_impl: inplace is the full logits' loss; head_chunk_tokens must be 0 "
+                "(or use head_impl: torch with head_chunk_tokens)"
+            )
         if self.d_ff == 0:
             if self.block == "gpt2":
                 self.d_ff = 4 * self.d_model
@@ -306,6 +333,23 @@ class ModelConfig:
             raise ValueError(
                 f"{self.arch} splits the hidden state in halves; d_model ({self.d_model}) must "
                 "be even"
+            )
+
+    def _check_recompute_chunks(self) -> None:
+        """``recompute_chunk_seqs`` slices the batch: only where sequences do not interact."""
+        why = None
+        if not is_reversible(self.arch):
+            why = f"arch '{self.arch}' is not reversible (it has no reversible backward)"
+        elif self.dropout:
+            why = f"dropout ({self.dropout}) draws one mask over the whole batch"
+        elif self.n_experts:
+            why = "the experts' load-balancing loss and routing are over the whole batch"
+        elif self.revffn_fp_tol:
+            why = "revffn_fp_tol stops the fixed point on a norm over the whole batch"
+        if why:
+            raise ValueError(
+                f"recompute_chunk_seqs ({self.recompute_chunk_seqs}) slices the reversible "
+                f"backward over the batch, but {why}; set recompute_chunk_seqs: 0"
             )
 
     def _check_scheme_coefficients(self) -> None:

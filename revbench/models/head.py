@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from revbench.models.config import INPLACE_ROWS
+
 IGNORE = -100
 
 
@@ -152,6 +154,50 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     d_weight.add_(dl.T @ h)
                 del dl, h
         return d_hidden, d_weight, None, None
+
+
+class _InplaceLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, logits: Tensor, kernel: LossKernel) -> Tensor:  # type: ignore[override]
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        ctx.kernel = kernel
+        ctx.save_for_backward(logits)
+        total = logits.new_zeros((), dtype=acc)
+        for i in range(0, logits.shape[0], INPLACE_ROWS):
+            rows = slice(i, i + INPLACE_ROWS)
+            # a float32 chunk copy for low-precision logits; the logits themselves (a view)
+            # otherwise, which value() only reads
+            total += kernel.value(logits[rows].to(acc), rows)
+        return total / _denominator(ctx.kernel, total)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None]:
+        (logits,) = ctx.saved_tensors
+        kernel = ctx.kernel
+        factor = grad / _denominator(kernel, grad)
+        for i in range(0, logits.shape[0], INPLACE_ROWS):
+            rows = slice(i, i + INPLACE_ROWS)
+            chunk = logits[rows]
+            work = chunk.to(factor.dtype)  # the chunk itself at float32/float64
+            work = kernel.grad(work, rows).mul_(factor)
+            if work.data_ptr() != chunk.data_ptr():
+                chunk.copy_(work)  # back into the logits' memory, at their dtype
+            del work, chunk
+        return logits, None
+
+
+def inplace_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of ``targets`` (N,) (-100: not scored) over ``logits`` (N, V), equal
+    to ``F.cross_entropy(logits.float(), targets)``, whose backward writes d loss / d logits into
+    ``logits``' memory and returns it: the logits must not be read after the backward.
+
+    ``F.cross_entropy`` keeps a float32 log-softmax for its backward and makes two more (N, V)
+    float32 buffers in it (the NLL's gradient and the log-softmax's); this keeps the logits
+    (which it needs: they are saved instead of the log-softmax) and works in float32 chunks of
+    ``INPLACE_ROWS`` tokens when they are bf16/fp16."""
+    if not logits.is_contiguous():
+        raise ValueError("inplace_cross_entropy needs contiguous logits")
+    return _InplaceLoss.apply(logits, CrossEntropy(targets))
 
 
 def chunked_head_loss(hidden: Tensor, weight: Tensor, kernel: LossKernel, chunk: int) -> Tensor:

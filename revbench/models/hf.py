@@ -198,6 +198,7 @@ FREE_FIELDS = {
     "max_seq_len",
     "head_chunk_tokens",
     "head_impl",
+    "recompute_chunk_seqs",
     "revffn_adapters",  # new weights either way when a residual model becomes revffn
 }
 

@@ -19,6 +19,7 @@ from revbench.models.config import ModelConfig
 from revbench.models.head import (
     CrossEntropy,
     chunked_head_loss,
+    inplace_cross_entropy,
     liger_cross_entropy,
     next_token_targets,
 )
@@ -28,7 +29,8 @@ from revbench.models.head import (
 class ModelOutput:
     logits: torch.Tensor | None
     """(B, T, vocab_size); None when a loss was asked of a head that never materialises the
-    logits (``head_chunk_tokens`` > 0 or ``head_impl: liger``)."""
+    logits (``head_chunk_tokens`` > 0 or ``head_impl: liger``) or overwrites them with their
+    gradient (``head_impl: inplace``)."""
     loss: torch.Tensor | None = None
     """Next-token cross-entropy, CE(logits[:, :-1], labels[:, 1:]) (or CE against ``targets``),
     ignore_index -100; None without labels or targets."""
@@ -70,6 +72,9 @@ class LMHead(nn.Module):
         if self.materialises_logits:
             logits = self(x)  # (B, T, V)
             return logits, position_loss(logits, targets)
+        if self.impl == "inplace":  # the logits are the loss's gradient after the backward
+            logits = self(x)
+            return None, inplace_cross_entropy(logits.flatten(0, 1), targets.reshape(-1))
         hidden = self.norm(x).flatten(0, 1)  # (B*T, C)
         flat = targets.reshape(-1)  # (B*T,)
         if self.impl == "liger":

@@ -176,6 +176,100 @@ def _own(t: Tensor | None, seen: set[int]) -> Tensor | None:
     return t
 
 
+def sliced_forward_step(scheme: Scheme, state: State, block: Any, chunk: int) -> State:
+    """``scheme.forward_step`` (no grad) over slices of ``chunk`` sequences: the step's
+    transient activations are a slice's; a slot it passes through stays the same tensor, a new
+    one is gathered into a whole tensor made at the first slice (``sliced_backward_step``)."""
+    B = state[0].shape[0]
+    if chunk <= 0 or B <= chunk or not scheme.forward_slices:
+        return scheme.forward_step(state, block)
+    wholes = list(state)
+    out: list[Tensor | None] = []
+    for start in range(0, B, chunk):
+        rows = slice(start, start + chunk)
+        part: list[Tensor | None] = list(scheme.forward_step(tuple(t[rows] for t in state), block))
+        out = out or [None] * len(part)
+        _gather(out, part, wholes, rows, B)
+    return tuple(out)  # type: ignore[arg-type]
+
+
+def sliced_backward_step(
+    scheme: Scheme,
+    y: list[Tensor | None],
+    g: Grads,
+    block: Any,
+    params: Sequence[Tensor],
+    rebuild: bool,
+    chunk: int,
+) -> Grads:
+    """``scheme.backward_step`` over slices of ``chunk`` sequences of the batch (dim 0), the
+    parameters' gradients summed over the slices (``ModelConfig.recompute_chunk_seqs``; 0 or a
+    batch no larger than ``chunk``: one call on the whole batch).
+
+    The step is a function of each sequence on its own (the config refuses dropout, experts
+    and a tolerance-stopped fixed point), so each slice's rebuild and adjoint are the rows of
+    the whole batch's. A slice is a view of the whole state and gradient tensors: what the step
+    writes in place lands in them, and only a slot the step makes anew (the gradient of a slot
+    no gradient had reached) is gathered into a whole tensor made at the first slice. The step
+    then holds one slice's recompute graph at a time, beside the whole states and gradients."""
+    first = next((t for t in (*y, *g) if t is not None), None)
+    if chunk <= 0 or first is None or first.shape[0] <= chunk:
+        return scheme.backward_step(y, g, block, params, rebuild=rebuild)
+    B = first.shape[0]
+    del first
+    whole_y, whole_g = list(y), list(g)
+    y.clear()
+    g.clear()
+    wholes = [t for t in (*whole_y, *whole_g) if t is not None]
+    out_y: list[Tensor | None] = [None] * len(whole_y)
+    out_g: Grads = [None] * len(whole_g)
+    total: Grads = [None] * len(params)
+    for start in range(0, B, chunk):
+        rows = slice(start, start + chunk)
+        ys: list[Tensor | None] = [None if t is None else t[rows] for t in whole_y]
+        gs: Grads = [None if t is None else t[rows] for t in whole_g]
+        step = scheme.backward_step(ys, gs, block, params, rebuild=rebuild)
+        total = [axpy(acc, gp) for acc, gp in zip(total, step, strict=True)]
+        del step
+        _gather(out_y, ys, wholes, rows, B)
+        _gather(out_g, gs, wholes, rows, B)
+        del ys, gs
+    del wholes, whole_y, whole_g
+    y[:] = out_y
+    g[:] = out_g
+    return total
+
+
+def _gather(
+    out: list[Tensor | None], part: list[Tensor | None], wholes: list[Tensor], rows: slice, B: int
+) -> None:
+    """Slot k of ``out`` becomes the whole tensor whose ``rows`` ``part[k]`` is (written in
+    place by the step), or a new whole tensor that ``part[k]`` is copied into."""
+    for k, t in enumerate(part):
+        if t is None:
+            continue
+        if out[k] is None:
+            out[k] = next((w for w in wholes if _is_rows_of(t, w, rows)), None)
+            if out[k] is None:
+                out[k] = t.new_empty((B, *t.shape[1:]))
+        dest = out[k]
+        assert dest is not None
+        if not _is_rows_of(t, dest, rows):
+            dest[rows].copy_(t)
+    part.clear()
+
+
+def _is_rows_of(t: Tensor, whole: Tensor, rows: slice) -> bool:
+    """Whether ``t`` is ``whole[rows]`` itself (same memory, same layout)."""
+    view = whole[rows]
+    return (
+        t.untyped_storage().data_ptr() == whole.untyped_storage().data_ptr()
+        and t.storage_offset() == view.storage_offset()
+        and t.shape == view.shape
+        and t.stride() == view.stride()
+    )
+
+
 class ReversibleFunction(torch.autograd.Function):
     """Runs ``steps`` on the state (x0, x1) keeping nothing per step; rebuilds in backward.
 
@@ -192,12 +286,14 @@ class ReversibleFunction(torch.autograd.Function):
         preserve_rng: bool,
         per_block: bool,
         inbox: _Inbox,
+        chunk: int,
         x0: Tensor,
         x1: Tensor,
         *weights: Tensor,
     ) -> State:
         ctx.set_materialize_grads(False)  # a missing gradient stays None, not a zeros tensor
         ctx.steps, ctx.weights, ctx.per_block, ctx.inbox = steps, weights, per_block, inbox
+        ctx.chunk = chunk
         # Each block's trainable parameters as positions in ``weights``, read now: under FSDP2
         # the module's parameters are the sharded ones (the Function's inputs) only while it is
         # not unsharded. With ``per_block`` the weights are not inputs (``weights`` is empty).
@@ -212,7 +308,7 @@ class ReversibleFunction(torch.autograd.Function):
             for _, scheme, block in run:
                 if preserve_rng:
                     ctx.rng.append(_RngState(x0))
-                state = scheme.forward_step(state, block)
+                state = sliced_forward_step(scheme, state, block, chunk)
         # A slot carried through unchanged (one-layer midpoint) is still an input; autograd wants
         # outputs of its own.
         state = tuple(s.clone() if s is x0 or s is x1 else s for s in state)
@@ -256,7 +352,9 @@ class ReversibleFunction(torch.autograd.Function):
                     # In place on y and g: the step's output state and gradient become its
                     # input's (schemes.py); the step's recompute graph is gone on return.
                     # The stack's first step need not rebuild its input (the embedding).
-                    step_grads = scheme.backward_step(y, g, block, params, rebuild=i > 0)
+                    step_grads = sliced_backward_step(
+                        scheme, y, g, block, params, rebuild=i > 0, chunk=ctx.chunk
+                    )
                 pending = [axpy(acc, gp) for acc, gp in zip(pending, step_grads, strict=True)]
                 del step_grads
             _hand_over(ctx, held, pending, wgrads, reduced)
@@ -268,8 +366,9 @@ class ReversibleFunction(torch.autograd.Function):
             None,
             None,
             None,
-            g[0] if need[4] else None,
-            g[1] if need[5] else None,
+            None,
+            g[0] if need[5] else None,
+            g[1] if need[6] else None,
             *wgrads,
         )
 
@@ -349,10 +448,11 @@ class ReversibleLM(LanguageModel):
         )
         if self.reversible_backprop and needs_grad:
             preserve_rng = self.training and self.config.dropout > 0
+            chunk = self.config.recompute_chunk_seqs
             inbox = _Inbox()
             if not self.grads_per_block:
                 state = ReversibleFunction.apply(
-                    self.steps, preserve_rng, False, inbox, x, x, *weights
+                    self.steps, preserve_rng, False, inbox, chunk, x, x, *weights
                 )
             else:
                 if any(fsdp_sharded(b) for b in self.blocks):
@@ -360,7 +460,7 @@ class ReversibleLM(LanguageModel):
                 # The weights are not the Function's inputs, so the Function's backward runs
                 # only if its input needs a gradient: a frozen embedding gets a stand-in leaf.
                 x = x if x.requires_grad else x.detach().requires_grad_()
-                state = ReversibleFunction.apply(self.steps, preserve_rng, True, inbox, x, x)
+                state = ReversibleFunction.apply(self.steps, preserve_rng, True, inbox, chunk, x, x)
             for slot, t in enumerate(state):
                 if t.requires_grad:
                     t.register_hook(inbox.hook(slot))

@@ -100,6 +100,7 @@ class Split(Scheme):
     gradient is counted once."""
 
     aux: bool
+    forward_slices = False  # it only splits the state: nothing to slice
 
     def forward_step(self, x: State, block: RevFFNBlock) -> State:  # type: ignore[override]
         # Inside the Function's no_grad forward, halves must not be views of its input that

@@ -161,6 +161,10 @@ class Recompute:
 class Scheme:
     """One reversible step (contract in the module docstring)."""
 
+    forward_slices = True
+    """Whether the Function's forward may run ``forward_step`` over slices of the batch
+    (``recompute_chunk_seqs``); False for a step that only rearranges the state."""
+
     def forward_step(self, x: State, block: Any) -> State:
         raise NotImplementedError
 

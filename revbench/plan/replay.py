@@ -19,6 +19,9 @@ per-op traces of live tensors (tests/test_plan.py compares the replay with such 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from revbench.models.config import INPLACE_ROWS
 from revbench.plan.dims import INT64, Dims
 from revbench.plan.params import (
     block_shapes,
@@ -45,6 +48,9 @@ class Step:
         self.whole: Buf | None = None
         self.block_grads: list[Buf] = []
         self.in_flight: Buf | None = None
+        # recompute_chunk_seqs: the parameter gradients of a later slice, summed into the
+        # first slice's and then freed (None: gradients are the parameters' .grad)
+        self.slice_grads: list[Buf] | None = None
         self.block_bytes = D.s * sum(block_shapes(D.cfg))
         self.root_bytes = D.s * sum(root_shapes(D.cfg))
 
@@ -56,6 +62,9 @@ class Step:
         if D.autocast:
             tl.temp(2 * n_params, f"{name} grad (bf16)")
         grad = tl.new(D.s * n_params, f"{name} grad")  # stays: .grad
+        if self.slice_grads is not None:  # a later slice's: added into the first's, then gone
+            self.slice_grads.append(grad)
+            return
         if D.parallel == "fsdp":
             self.block_grads.append(grad)
 
@@ -467,6 +476,13 @@ class Step:
         hf, norm_saved = self.norm(h, "final norm")
         targets = tl.new(INT64 * D.N, "targets")
         st: dict = {"norm": norm_saved, "targets": targets}
+        if c.head_impl == "inplace":  # models/head.py: inplace_cross_entropy
+            logits, st["proj"] = self.linear(hf, D.N, D.d, D.V, "head")
+            tl.drop(hf)
+            st["valid"] = tl.new(D.N, "valid targets")
+            self._inplace_chunk()  # the loss's value, a chunk at a time
+            st["inplace"] = logits  # saved by the loss; the output carries no logits
+            return st
         if c.head_chunk_tokens or c.head_impl != "torch":
             chunk = min(c.head_chunk_tokens or D.T, D.N)
             st.update(chunk=chunk, hidden=hf, valid=tl.new(D.N, "valid targets"))
@@ -507,8 +523,24 @@ class Step:
             self.tl.drop(wc)
         self.casts = []
 
+    def _inplace_chunk(self) -> None:
+        """One chunk of ``inplace_cross_entropy``'s work: a float32 copy of the chunk's rows
+        (low-precision logits only) and, on CUDA, ``logsumexp``'s ``exp(x - max)`` buffer
+        (ATen's generic reduction; the CPU kernel is fused: measured, no buffer)."""
+        D, tl = self.D, self.tl
+        rows = min(INPLACE_ROWS, D.N)
+        work = tl.new(D.st * rows * D.V, "in-place loss chunk (float32)") if D.a != D.st else None
+        if D.device == "cuda":
+            tl.temp(D.st * rows * D.V, "in-place loss log-sum-exp work")
+        tl.drop(work)
+
     def head_back(self, st: dict) -> Buf:
         D, tl = self.D, self.tl
+        if "inplace" in st:  # the gradient is written into the logits, chunk by chunk
+            self._inplace_chunk()
+            tl.drop(st["targets"], st["valid"])
+            g_hf = self.linear_back(st["inplace"], st["proj"], D.N, D.d, D.V, "head")
+            return self.norm_back(g_hf, st["norm"], "final norm")
         if "chunk" in st:
             chunk = st["chunk"]
             d_hidden = tl.new(D.slot, "head hidden grad")
@@ -760,26 +792,50 @@ class Step:
         return i + 1 == len(steps) or Step._block_starts(steps, i + 1)
 
     def _forward_step(self, kind: str, prev: Buf, cur: Buf) -> tuple[Buf, Buf]:
-        D, tl = self.D, self.tl
-        if kind == "f" or kind == "euler":
-            src = prev if kind == "euler" else cur
-            fo, _ = self.f(src)
-            new = tl.new(D.slot, "next state")
-            tl.drop(fo)
-            if kind == "euler":
-                return prev, new
-            tl.drop(prev)
-            return cur, new
-        # coupling half-steps: q += Attn(N1(p)), then p += MLP(N2(q)), in the two slots
-        src = cur if kind == "attn" else prev
-        out, _ = self.attention(src) if kind == "attn" else self.mlp(src)
-        new = tl.new(D.slot, f"{kind} half-step")
-        tl.drop(out)
-        if kind == "attn":
-            tl.drop(prev)
-            return new, cur
-        tl.drop(cur)
-        return prev, new
+        """One step of the Function's forward (no grad), over slices of the batch when asked
+        (``reversible.sliced_forward_step``: the branch's transients are a slice's, the new
+        slot is gathered into a whole tensor made after the first slice)."""
+        tl = self.tl
+        branch = kind in ("f", "euler")
+        src = prev if kind == "euler" else cur if branch else cur if kind == "attn" else prev
+        name = "next state" if branch else f"{kind} half-step"
+        new = self._sliced_new(
+            lambda: (
+                self.f(src)[0]
+                if branch
+                else (self.attention(src) if kind == "attn" else self.mlp(src))[0]
+            ),
+            name,
+        )
+        if kind == "euler":
+            return prev, new
+        if branch or kind == "mlp":
+            tl.drop(prev if branch else cur)
+            return (cur, new) if branch else (prev, new)
+        tl.drop(prev)  # attn: the first slot is replaced
+        return new, cur
+
+    def _sliced_new(self, branch: Callable[[], Buf], name: str, width: int = 0) -> Buf:
+        """A new state slot (``width`` bytes per token; the residual stream's by default) from
+        ``branch()``'s output, each slice's output dropped once its slot is made."""
+        tl, whole = self.tl, self.D
+        made: list[Buf] = []
+        sliced = len(self._slices()) > 1
+
+        def one(first: bool) -> None:
+            S = self.D
+            out = branch()
+            new = tl.new((width or S.s * S.d) * S.N, name)
+            tl.drop(out)
+            if not sliced:
+                made.append(new)
+                return
+            if first:
+                made.append(tl.new((width or whole.s * whole.d) * whole.N, name))
+            tl.drop(new)
+
+        self._per_slice(one)
+        return made[0]
 
     def _readout(self, prev: Buf, cur: Buf) -> Buf:
         D, tl = self.D, self.tl
@@ -787,6 +843,30 @@ class Step:
             return tl.new(D.slot, "readout (mean)")
         tl.hold(cur)
         return cur
+
+    def _slices(self) -> list[Dims]:
+        """The batches one reversible backward step runs on (``recompute_chunk_seqs``,
+        ``reversible.sliced_backward_step``): the whole batch, or a first slice and one like
+        every later slice (each later slice repeats its peak; a shorter last one is lower)."""
+        D = self.D
+        c = D.cfg.recompute_chunk_seqs
+        if not c or D.B <= c:
+            return [D]
+        return [D.with_batch(c)] * 2
+
+    def _per_slice(self, body: Callable[[bool], None]) -> None:
+        """``body(first)`` with ``self.D`` each slice's; a later slice's parameter gradients
+        live until the slice ends (the step returns them, then they are summed and freed)."""
+        whole = self.D
+        for k, S in enumerate(self._slices()):
+            self.D = S
+            self.slice_grads = [] if k else None
+            try:
+                body(k == 0)
+            finally:
+                self.D = whole
+                extra, self.slice_grads = self.slice_grads, None
+                self.tl.drop(*(extra or []))
 
     def reversible_trunk_back(self, g: Buf, final: list[Buf]) -> Buf:
         """The Function's backward, step by step: recompute the branch (saving), rebuild the
@@ -818,50 +898,67 @@ class Step:
     def _backward_step(
         self, kind: str, y: list[Buf | None], gs: list[Buf | None], rebuild: bool
     ) -> list[Buf | None]:
-        """One step; ``y`` is updated in place like the Function's list."""
+        """One step; ``y`` is updated in place like the Function's list. Over slices of the
+        batch (``_slices``) the recompute and the VJP are a slice's; the states and their
+        gradients stay whole, a gradient slot no gradient had reached is gathered into a whole
+        tensor made after the first slice, and an input state not rebuilt (the stack's first
+        step) lives to the end of the step."""
         D, tl = self.D, self.tl
-        if kind in ("f", "euler"):
-            fo, st = self.f(y[0])  # type: ignore[arg-type]
-            self.flush_casts()
-            tl.drop(fo)  # used by the in-place rebuild, then released before the VJP
-            if not rebuild:
-                tl.drop(y[1])
-                y[1] = None
-            if kind == "f":  # (p_l, p_{l+1}) -> (p_{l-1} in p_{l+1}'s memory, p_l)
-                y[0], y[1] = y[1], y[0]
-            g_out = gs[1]
-            if g_out is None:
-                return gs
-            g_f = tl.new(D.a * D.N * D.d, "incoming grad (cast)") if D.autocast else g_out
-            if not D.autocast:
-                tl.hold(g_out)
-            jg = self.f_back(g_f, st)
-            if gs[0] is None:
-                gs[0] = jg
+        whole = D
+        sliced = len(self._slices()) > 1
+        branch = kind in ("f", "euler")
+        t = 1 if branch else (0 if kind == "attn" else 1)  # the slot the step updates
+        src = 0 if branch else 1 - t  # the slot the branch reads
+        grad_in = 1 if branch else t  # the gradient the branch's VJP takes
+        grad_out = 0 if branch else 1 - t  # the gradient its result is added into
+        made: list[Buf] = []
+
+        def step(first: bool) -> None:
+            S = self.D
+            if branch:
+                out, st = self.f(y[src])  # type: ignore[arg-type]
+            elif kind == "attn":
+                out, st = self.attention(y[src])  # type: ignore[arg-type]
             else:
+                out, st = self.mlp(y[src])  # type: ignore[arg-type]
+            self.flush_casts()
+            tl.drop(out)  # used by the in-place rebuild, then released before the VJP
+            if not rebuild and not sliced:
+                tl.drop(y[t])
+                y[t] = None
+            g_in = gs[grad_in]
+            if g_in is None:
+                return
+            g_b = tl.new(S.a * S.N * S.d, "incoming grad (cast)") if S.autocast else g_in
+            if not S.autocast:
+                tl.hold(g_in)
+            if branch:
+                jg = self.f_back(g_b, st)
+            elif kind == "attn":
+                jg = self.attention_back(g_b, st)
+            else:
+                jg = self.mlp_back(g_b, st)
+            if gs[grad_out] is not None:
                 tl.drop(jg)  # added into the state's gradient in place
-            if kind == "euler":
-                return gs
-            return [gs[1], gs[0]]
-        t = 0 if kind == "attn" else 1
-        o = 1 - t
-        src = y[o]
-        out, st = self.attention(src) if kind == "attn" else self.mlp(src)  # type: ignore[arg-type]
-        self.flush_casts()
-        tl.drop(out)
-        if not rebuild:
+            elif not sliced:
+                made.append(jg)
+            else:
+                if first:
+                    made.append(tl.new(whole.slot, "state grad (gathered from slices)"))
+                tl.drop(jg)
+
+        self._per_slice(step)
+        if not rebuild and sliced:
             tl.drop(y[t])
             y[t] = None
-        if gs[t] is None:
-            return gs
-        g_b = tl.new(D.a * D.N * D.d, "incoming grad (cast)") if D.autocast else gs[t]
-        if not D.autocast:
-            tl.hold(gs[t])
-        jg = self.attention_back(g_b, st) if kind == "attn" else self.mlp_back(g_b, st)
-        if gs[o] is None:
-            gs[o] = jg
-        else:
-            tl.drop(jg)
+        if made:
+            gs[grad_out] = made[0]
+        if branch:
+            if kind == "f":  # (p_l, p_{l+1}) -> (p_{l-1} in p_{l+1}'s memory, p_l)
+                y[0], y[1] = y[1], y[0]
+            if gs[1] is None or kind == "euler":
+                return gs
+            return [gs[1], gs[0]]
         return gs
 
     # --- RevFFN -----------------------------------------------------------------------------
@@ -874,13 +971,13 @@ class Step:
         tl.drop(x)
         self.saving = False  # the Function's forward runs under no_grad
         for _ in range(D.L):
-            out, _ = self._revffn_attn(x1, x2)
-            y1 = tl.new(half, "Y1")
-            tl.drop(out, x1)
+            y1 = self._sliced_new(
+                lambda a=x1, b=x2: self._revffn_attn(a, b)[0], "Y1", D.s * D.d // 2
+            )
+            tl.drop(x1)
             x1 = y1
-            out, _ = self._revffn_ffn(x1)
-            y2 = tl.new(half, "Y2")
-            tl.drop(out, x2)
+            y2 = self._sliced_new(lambda a=x1: self._revffn_ffn(a)[0], "Y2", D.s * D.d // 2)
+            tl.drop(x2)
             x2 = y2
         self.saving = True
         h = tl.new(D.slot, "readout (concat)")
@@ -949,18 +1046,23 @@ class Step:
         x1, x2 = final
         g1, g2 = tl.new(half, "grad X1"), tl.new(half, "grad X2")  # the readout's cat split
         tl.drop(g)
-        for _ in range(D.L):
-            # FFN coupling: recompute on Y1, rebuild X2 in place, VJP into g1
+
+        def ffn_coupling(first: bool) -> None:
+            # recompute on Y1, rebuild X2 in place, VJP into g1
+            S = self.D
             out, st = self._revffn_ffn(x1)
             self.flush_casts()
             tl.drop(out)
-            g_b = tl.new(D.a * D.N * D.d // 2, "grad of P2 output (cast)") if D.autocast else g2
-            if not D.autocast:
+            g_b = tl.new(S.a * S.N * S.d // 2, "grad of P2 output (cast)") if S.autocast else g2
+            if not S.autocast:
                 tl.hold(g2)
             tl.drop(self._revffn_ffn_back(g_b, st))
-            # attention coupling: fixed point (x1 mode) or exact, recompute, VJP
-            if D.cfg.revffn_query == "x1":
-                tl.temp(half, "fixed-point iterate")
+
+        def attention_coupling(first: bool) -> None:
+            # fixed point (x1 mode) or exact, recompute, VJP
+            S = self.D
+            if S.cfg.revffn_query == "x1":
+                tl.temp(S.slot // 2, "fixed-point iterate")
                 self.saving = False  # the iterations run under no_grad
                 fp_out, _ = self._revffn_attn(x1, x2)
                 self.saving = True
@@ -968,11 +1070,15 @@ class Step:
             out, st = self._revffn_attn(x1, x2)
             self.flush_casts()
             tl.drop(out)
-            g_b = tl.new(D.a * D.N * D.d // 2, "grad of P1 output (cast)") if D.autocast else g1
-            if not D.autocast:
+            g_b = tl.new(S.a * S.N * S.d // 2, "grad of P1 output (cast)") if S.autocast else g1
+            if not S.autocast:
                 tl.hold(g1)
             j1, j2 = self._revffn_attn_back(g_b, st)
             tl.drop(j1, j2)
+
+        for _ in range(D.L):  # each coupling one step of the Function, over slices if asked
+            self._per_slice(ffn_coupling)
+            self._per_slice(attention_coupling)
         h = tl.new(D.slot, "rebuilt input")
         gh = tl.new(D.slot, "input grad (cat)")
         tl.drop(x1, x2, g1, g2, h)

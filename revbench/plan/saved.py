@@ -180,6 +180,9 @@ def head(D: Dims, *, counts_input: bool = True) -> list[Term]:
     """Final norm, projection and cross-entropy (full), or the chunked head's saved hidden."""
     out = norm(D, "final norm", counts_input=counts_input)
     c = D.cfg
+    if c.head_impl == "inplace":  # the loss saves the logits instead of a log-softmax
+        out += linear(D, "head", D.d, D.V, input_new=True)
+        return [*out, Term("logits", D.a * D.N * D.V)]
     if c.head_chunk_tokens or c.head_impl != "torch":
         return [*out, Term("head hidden", D.slot)]
     out += linear(D, "head", D.d, D.V, input_new=True)
