@@ -6,6 +6,9 @@ the median over ``--steps`` timed steps after ``--warmup``. Full recomputation c
 extra forward (~1/3 of a step), so ~4/3 of baseline is the floor for every row but baseline.
 
     python benchmarks/bench_models.py --d-model 128 --batch 8 --seq 128 --layers 4 8 16
+
+``midpoint/slice`` runs midpoint with ``recompute_chunk_seqs: --slice`` and ``*/inpl`` with
+``head_impl: inplace``: what the memory options cost in time.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ VARIANTS: dict[str, dict[str, object]] = {
     "leapfrog": {"arch": "leapfrog"},
     "hamiltonian": {"arch": "hamiltonian"},
     "revnet": {"arch": "revnet"},
+    # the memory options: the reversible steps over slices of --slice sequences, the in-place head
+    "midpoint/slice": {"arch": "midpoint", "recompute_chunk_seqs": 2},
+    "baseline/inpl": {"arch": "baseline", "head_impl": "inplace"},
+    "midpoint/inpl": {"arch": "midpoint", "head_impl": "inplace"},
 }
 
 
@@ -77,7 +84,9 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--slice", type=int, default=2, help="midpoint/slice: sequences per slice")
     args = p.parse_args()
+    VARIANTS["midpoint/slice"]["recompute_chunk_seqs"] = args.slice
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -2,7 +2,8 @@
 
 Prints the two tables the README shows: GPT-2 small (12 layers, d_model 768, seq 1024, GPT-2
 vocabulary) on the GPUs of Gal et al. Table 3, baseline and midpoint with the full head and
-midpoint with the head in 1024-token chunks; and the d_model 512 depth rows of their Table 4 on
+midpoint with the head in 1024-token chunks (and its reversible steps over slices of 8
+sequences, ``recompute_chunk_seqs``); and the d_model 512 depth rows of their Table 4 on
 an 80 GB H100. Settings as ``revbench/suites/max_batch.yaml`` (AdamW, bf16 autocast unless
 float32 is named, two trial steps, 5% headroom); attention is PyTorch's fused kernel. These are
 predictions, not measurements: a GPU's own search (``max_batch.yaml``) is the measured answer.
@@ -39,9 +40,10 @@ def largest(model: dict[str, Any], gpu: str, dtype: str = "bfloat16") -> int:
 
 def main() -> None:
     head = ("GPT-2 small, seq 1024", "baseline", "midpoint", "midpoint, chunked head")
+    head += ("the same, 8-sequence slices",)
     head += ("Gal et al. Table 3",)
     print(f"| {' | '.join(head)} |")
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for gpu, paper in TABLE3.items():
         dtypes = ("float32", "bfloat16") if gpu == "H100-80GB" else ("bfloat16",)
         cells = []
@@ -49,6 +51,7 @@ def main() -> None:
             {**GPT2, "arch": "baseline"},
             {**GPT2, "arch": "midpoint"},
             {**GPT2, "arch": "midpoint", "head_chunk_tokens": 1024},
+            {**GPT2, "arch": "midpoint", "head_chunk_tokens": 1024, "recompute_chunk_seqs": 8},
         ):
             cells.append(" / ".join(str(largest(model, gpu, dt)) for dt in dtypes))
         label = f"{by_name(gpu).memory_bytes / 2**30:.0f} GiB {gpu}, {' / '.join(dtypes)}"
@@ -61,9 +64,11 @@ def main() -> None:
     print("|---|" + "---|" * len(depths))
     d512 = {"block": "gpt2", "vocab_size": 50257, "d_model": 512, "n_heads": 8,
             "max_seq_len": 1024}  # fmt: skip
-    for arch, chunk in (("baseline", 0), ("midpoint", 0), ("baseline", 1024), ("midpoint", 1024)):
+    rows = [("baseline", 0, 0), ("midpoint", 0, 0), ("baseline", 1024, 0), ("midpoint", 1024, 0)]
+    for arch, chunk, seqs in [*rows, ("midpoint", 1024, 8)]:
         head = "chunked head" if chunk else "full head"
-        model = {**d512, "arch": arch, "head_chunk_tokens": chunk}
+        head += f", {seqs}-sequence slices" if seqs else ""
+        model = {**d512, "arch": arch, "head_chunk_tokens": chunk, "recompute_chunk_seqs": seqs}
         row = [largest({**model, "n_layers": n}, "H100-80GB") for n in depths]
         print(f"| {arch}, {head} | {' | '.join(map(str, row))} |")
     print(f"| Gal et al. Table 4 (baseline -> midpoint) | {' | '.join(TABLE4.values())} |")
