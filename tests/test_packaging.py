@@ -161,7 +161,8 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path: Path) -> None:
         assert f"{site}/python{sys.version_info.major}" in out, out  # the wheel's own suites
         assert f"/revbench/suites/{path.name}: ok, suite '{name}'" in out, out
 
-    # the packaged Streamlit script, run as Streamlit runs it, against an empty results folder
+    # the packaged Streamlit script, run as Streamlit runs it, against an empty results folder:
+    # it shows the reference rows the wheel ships (revbench/data/reference), saying so
     results = work / "results"
     results.mkdir()
     app_test = (
@@ -172,7 +173,9 @@ def test_wheel_installs_and_runs_outside_the_repository(tmp_path: Path) -> None:
         "assert not at.exception, [e.value for e in at.exception]\n"
         "print('\\n'.join(e.value for e in at.info))\n"
     )
-    assert "No results in" in _run([str(python), "-c", app_test], work, env)
+    shown = _run([str(python), "-c", app_test], work, env)
+    assert "Reference rows shipped with revbench" in shown, shown
+    assert "NVIDIA H100" in shown, shown
 
     _serve_once(revbench, results, work, env)
 

@@ -136,6 +136,7 @@ def _traced_peak(kw: dict[str, Any], B: int, T: int, dtype: str) -> int:
 
 REPLAYED = [(a, b) for a in ARCHS for b in ("gpt2", "llama")]
 REPLAYED += [("baseline+ckpt", "gpt2"), ("revffn+pair", "llama")]  # +pair: revffn_adapters pair
+REPLAYED += [("moe+ckpt", "llama")]  # the recompute's peak holds MoE.forward's gathered tokens
 # +inplace: head_impl inplace at a vocabulary where the head's buffers are the peak
 REPLAYED += [("baseline+inplace", "gpt2"), ("midpoint+inplace", "gpt2")]
 # +sliced: recompute_chunk_seqs 1 (4 sequences: slices of one)

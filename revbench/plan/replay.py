@@ -610,12 +610,11 @@ class Step:
             out, est = self.mlp(tokens, f"expert {e}", rows=rows[e], swiglu=True, normed=False)
             st["experts"].append(est)
             outs.append(out)
-        tl.drop(tokens)  # the experts' Linears hold it (float32) or their casts
         cat = tl.new(D.a * N * k * d, "expert outputs")
         tl.drop(*outs)
         inv = tl.new(INT64 * N * k, "combine index")
         back = tl.new(D.a * N * k * d, "expert outputs in slot order")
-        tl.drop(cat, order)
+        tl.drop(cat)
         inv = self.kept(inv)
         wcast = tl.new(2 * N * k, "weights cast") if D.autocast else w
         if not D.autocast:
@@ -639,7 +638,9 @@ class Step:
         st["aux"] = [self.saved_new(rp * E, "routed fractions")]
         probs = self.kept(probs)
         st["probs"] = probs
-        tl.drop(h)
+        # ``MoE.forward``'s locals live to its return: the gathered tokens (float32; under
+        # autocast the experts' Linears save their casts, not them) and the dispatch order
+        tl.drop(h, tokens, order)
         st["rows"] = rows
         return y, st
 
