@@ -149,7 +149,7 @@ fi
 # suite stopped at its limit keeps every case it finished (the most wanted ones come first).
 stage doctor 180 "$PY" -m revbench.cli doctor --device "$DEVICE" --out "$WORK/results" "${DOCTOR[@]}"
 cp "$WORK/logs/doctor.log" "$WORK/doctor.txt"
-stage max_batch 150 "$PY" -m revbench.cli run "$MAX_BATCH" --out "$WORK/results"
+stage max_batch 200 "$PY" -m revbench.cli run "$MAX_BATCH" --out "$WORK/results"
 stage suite 600 "$PY" -m revbench.cli run "$SUITE" --out "$WORK/results"
 
 # --- provenance, summary, pack --------------------------------------------------------------
