@@ -41,6 +41,10 @@ class Step:
         self.D, self.tl = D, tl
         self.casts: list[Buf] = []  # autocast's cache of weight casts, dropped at forward end
         self.early_stop = False  # checkpointing's recompute stops after its last saved tensor
+        # the module's input is bf16/fp16 already under autocast (RevFFN's adapters lift the
+        # halves to width d in bf16, so its norms, projections and FFN read bf16): no input
+        # casts, norms in bf16 out, input gradients in bf16 (``_low``)
+        self.low = False
         self.saving = True  # False: a forward that keeps nothing for backward (checkpointed
         # blocks, the reversible Function's forward): saved-only tensors die at once
         # FSDP2 (``measure/parallel.py``): the whole parameters of the blocks being computed,
@@ -140,7 +144,7 @@ class Step:
         D, tl = self.D, self.tl
         saved: list[Buf | None]
         if D.autocast:
-            if cast:
+            if cast and not self.low:
                 saved = [self.saved_new(2 * rows * n_in, f"{name} input cast")]
             else:
                 self.save(x)
@@ -175,7 +179,7 @@ class Step:
             gi = tl.new(2 * rows * n_in, f"{name} input grad (bf16)")
             self.param_grad(n_in * n_out, name)
             tl.drop(*saved, g)
-            if input_fp32:  # the cast's backward: back to the float32 input
+            if input_fp32 and not self.low:  # the cast's backward: back to the float32 input
                 g32 = tl.new(4 * rows * n_in, f"{name} input grad")
                 tl.drop(gi)
                 return g32
@@ -190,6 +194,8 @@ class Step:
     def norm(self, x: Buf, name: str) -> tuple[Buf, list[Buf]]:
         """LayerNorm (fused) or RMSNorm (composite: x^2, mean, rsqrt, x * rstd, * weight)."""
         D, tl = self.D, self.tl
+        if self.low and D.autocast:
+            return self._norm_low(x, name)
         self.save(x)
         if D.llama:
             sq = tl.new(D.slot, f"{name} x^2")
@@ -205,8 +211,33 @@ class Step:
         out = tl.new(D.slot, f"{name} output")
         return out, [x, self.saved_new(2 * D.st * D.N, f"{name} mean, rstd")]
 
+    def _norm_low(self, x: Buf, name: str) -> tuple[Buf, list[Buf]]:
+        """The norm of a bf16 input under autocast: LayerNorm runs in bf16 (its output bf16,
+        the input and float32 statistics saved); RMSNorm's composite upcasts the input (the
+        float32 copy is what its products save), normalises in float32 and casts back."""
+        D, tl = self.D, self.tl
+        if not D.llama:
+            self.save(x)
+            out = tl.new(D.a * D.N * D.d, f"{name} output (bf16)")
+            return out, [x, self.saved_new(2 * D.st * D.N, f"{name} mean, rstd")]
+        up = tl.new(4 * D.N * D.d, f"{name} input upcast")
+        self.save(up)
+        sq = tl.new(4 * D.N * D.d, f"{name} x^2")
+        ms = tl.new(D.st * D.N, f"{name} mean")
+        tl.drop(sq)
+        rstd = tl.new(D.st * D.N, f"{name} rstd")
+        tl.drop(ms)
+        xn = tl.new(4 * D.N * D.d, f"{name} normalised")
+        o32 = tl.new(4 * D.N * D.d, f"{name} output (float32)")
+        out = tl.new(D.a * D.N * D.d, f"{name} output")
+        self.save(rstd, xn)
+        tl.drop(rstd, xn, o32, up)
+        return out, [up, rstd, xn]
+
     def norm_back(self, g: Buf, saved: list[Buf], name: str) -> Buf:
         D, tl = self.D, self.tl
+        if self.low and D.autocast:
+            return self._norm_back_low(g, saved, name)
         if D.llama:  # composite backward: weight product, x * rstd product, mean, power
             x, rstd, xn = saved
             g_xn = tl.new(D.slot, f"{name} grad of normalised")
@@ -227,6 +258,36 @@ class Step:
         out = tl.new(D.slot, f"{name} input grad")
         self.param_grad(2 * D.d, name)
         tl.drop(*saved, g)
+        return out
+
+    def _norm_back_low(self, g: Buf, saved: list[Buf], name: str) -> Buf:
+        """``_norm_low``'s backward: bf16 in, bf16 out (RMSNorm: through float32)."""
+        D, tl = self.D, self.tl
+        low = D.a * D.N * D.d
+        if not D.llama:
+            out = tl.new(low, f"{name} input grad (bf16)")
+            self.param_grad(2 * D.d, name)
+            tl.drop(*saved, g)
+            return out
+        up, rstd, xn = saved
+        g32 = tl.new(4 * D.N * D.d, f"{name} grad (float32)")
+        tl.drop(g)
+        g_xn = tl.new(4 * D.N * D.d, f"{name} grad of normalised")
+        tl.temp(4 * D.N * D.d, f"{name} weight grad product")
+        self.param_grad(D.d, name)
+        tl.drop(xn, g32)
+        part = tl.new(4 * D.N * D.d, f"{name} grad via rstd")
+        tl.temp(4 * D.N * D.d, f"{name} rstd grad product")
+        tl.drop(g_xn, rstd)
+        mean_g = tl.new(4 * D.N * D.d, f"{name} mean grad")
+        sq_g = tl.new(4 * D.N * D.d, f"{name} power grad")
+        tl.temp(4 * D.N * D.d, f"{name} power grad product")
+        tl.drop(mean_g, up)
+        tl.drop(part)
+        out32 = tl.new(4 * D.N * D.d, f"{name} input grad (float32)")
+        tl.drop(sq_g)
+        out = tl.new(low, f"{name} input grad")
+        tl.drop(out32)
         return out
 
     # --- attention --------------------------------------------------------------------------
@@ -601,7 +662,8 @@ class Step:
             w = wn
         order = tl.new(INT64 * N * k, "dispatch order")
         disp = tl.new(INT64 * N * k, "dispatch index")  # saved by index_select
-        tokens = tl.new(D.s * N * k * d, "gathered tokens")
+        width = D.a if self.low and D.autocast else D.s  # the dtype of the MoE's input
+        tokens = tl.new(width * N * k * d, "gathered tokens")
         disp = self.kept(disp)
         rows = _expert_rows(N * k, E)
         outs = []
@@ -673,9 +735,10 @@ class Step:
             rows = st["rows"][e]
             g_rows.append(self.mlp_back(g_cat, st["experts"][e], f"expert {e}", rows=rows))
         tl.drop(g_cat)
-        g_tokens = tl.new(D.s * N * k * d, "grad of gathered tokens")
+        width = D.a if self.low and D.autocast else D.s  # the dtype of the MoE's input
+        g_tokens = tl.new(width * N * k * d, "grad of gathered tokens")
         tl.drop(*g_rows)
-        g_h = tl.new(D.slot, "grad of moe input (scatter)")
+        g_h = tl.new(width * N * d, "grad of moe input (scatter)")
         tl.drop(g_tokens, disp)
         if c.norm_topk_prob:  # through the division, then top-k's scatter, softmax, router
             tl.temp(rp * N * k, "grad of weights before normalising")
@@ -990,11 +1053,13 @@ class Step:
         N, d, kv = D.N, D.d, D.kv
         q_up, qs = self.linear(x1, N, d // 2, d, "U1")
         kv_up, ks = self.linear(x2, N, d // 2, d, "U2")
+        self.low = True  # from here on the branch reads the adapters' bf16 outputs
         nq, nqs = self.norm(q_up, "N1 (queries)")
         nk, nks = self.norm(kv_up, "N1 (keys, values)")
         tl.drop(q_up, kv_up)
         q, q_saved = self.linear(nq, N, d, d, "q projection")
         kvp, kv_saved = self.linear(nk, N, d, 2 * kv, "kv projection")
+        self.low = False
         sdpa: list[Buf | None] = []
         rotated = self.rotary(sdpa, "attention")
         out = tl.new(D.a * N * d, "attention output")
@@ -1030,12 +1095,14 @@ class Step:
         D, tl = self.D, self.tl
         N, d = D.N, D.d
         u3, u3s = self.linear(y1, N, d // 2, d, "U3")
+        self.low = True  # N2 and the FFN read U3's bf16 output
         z, zs = self.norm(u3, "N2")
         tl.drop(u3)
         if D.moe:
             out, fst = self.moe(z, normed=False)
         else:
             out, fst = self.mlp(z, normed=False)
+        self.low = False
         tl.drop(z)
         p2, p2s = self.linear(out, N, d, d // 2, "P2", cast=False)
         tl.drop(out)
@@ -1089,8 +1156,10 @@ class Step:
         D = self.D
         N, d = D.N, D.d
         g_out = self.linear_back(g, st["P2"], N, d, d // 2, "P2", input_fp32=False)
+        self.low = True
         g_z = self.moe_back(g_out, st["ffn"]) if D.moe else self.mlp_back(g_out, st["ffn"])
         g_u3 = self.norm_back(g_z, st["N2"], "N2")
+        self.low = False
         return self.linear_back(g_u3, st["U3"], N, d // 2, d, "U3")
 
     def _revffn_attn_back(self, g: Buf, st: dict) -> tuple[Buf, Buf]:
@@ -1105,10 +1174,12 @@ class Step:
         dq = grads[0]
         g_kv = tl.new(D.a * N * 2 * kv, "kv grad")
         tl.drop(grads[1], dv)
+        self.low = True
         g_nq = self.linear_back(dq, st["q"], N, d, d, "q projection")
         g_nk = self.linear_back(g_kv, st["kv"], N, d, 2 * kv, "kv projection")
         g_qu = self.norm_back(g_nq, st["nq"], "N1 (queries)")
         g_ku = self.norm_back(g_nk, st["nk"], "N1 (keys, values)")
+        self.low = False
         return (
             self.linear_back(g_qu, st["U1"], N, d // 2, d, "U1"),
             self.linear_back(g_ku, st["U2"], N, d // 2, d, "U2"),
@@ -1123,13 +1194,25 @@ def _expert_rows(slots: int, experts: int) -> list[int]:
     return [base + (1 if e < extra else 0) for e in range(experts)]
 
 
-def replay_step(D: Dims, base: int = 0, *, allocator: bool = True) -> Timeline:
+HEAP_BELOW = 65536
+"""CPU: tensors below ``MALLOC_MMAP_THRESHOLD_`` (revbench's memory processes set 65536) come
+from malloc's heap, whose high-water mark stays resident (``Timeline``)."""
+
+
+def replay_step(
+    D: Dims, base: int = 0, *, allocator: bool = True, heap_floor: bool = True
+) -> Timeline:
     """The whole training step on a timeline starting at ``base`` bytes (parameters and
     optimizer state); its ``peak`` is the step's, ``marks`` has the backward's start.
     ``allocator`` False books tensors' own bytes (to compare with a trace of live tensors)
-    instead of what the allocator charges for them."""
+    instead of what the allocator charges for them, and no heap. ``heap_floor`` False: a
+    first pass that only finds the step's heap peak (a warm step starts at it)."""
     charge = D.charge if allocator else None
-    tl = Timeline(base + INT64 * D.N, charge)  # and the batch's token ids
+    heap = HEAP_BELOW if allocator and D.device == "cpu" else 0
+    floor = 0
+    if heap and heap_floor and D.warm_optimizer:  # the steps before left the heap at its peak
+        floor = replay_step(D, base, allocator=allocator, heap_floor=False).small_peak
+    tl = Timeline(base + INT64 * D.N, charge, heap=heap, heap_floor=floor)  # + the token ids
     step = Step(D, tl)
     if D.parallel == "ddp":
         # DDP's reducer allocates flat buckets for every gradient's all-reduce when it wraps

@@ -20,27 +20,56 @@ class Buf:
     nbytes: int
     name: str
     refs: int = 1
+    small: bool = False
+    """Allocated from malloc's heap (``Timeline.heap``)."""
 
 
 class Timeline:
-    """Live bytes over the step; the peak and where it happened."""
+    """Live bytes over the step; the peak and where it happened.
 
-    def __init__(self, base: int = 0, charge: Callable[[int], int] | None = None) -> None:
+    With ``heap`` (the bytes below which a tensor comes from malloc's heap rather than a
+    mapping of its own: CPU, ``MALLOC_MMAP_THRESHOLD_``), what the process holds is the live
+    mapped tensors plus the heap's high-water mark, not the live heap tensors: glibc keeps the
+    heap's touched pages when its tensors are freed (the chunks between them cannot go back).
+    ``heap_floor`` is the heap high-water a step starts with (a warm step's: the heap peak of
+    the steps before it, the same as its own)."""
+
+    def __init__(
+        self,
+        base: int = 0,
+        charge: Callable[[int], int] | None = None,
+        heap: int = 0,
+        heap_floor: int = 0,
+    ) -> None:
         """``charge(nbytes)``: what a tensor of ``nbytes`` costs the allocator (its rounding
         and bookkeeping); the bytes themselves when None."""
         self.charge = charge or (lambda n: n)
+        self.heap = heap
+        self.small = 0  # live bytes of heap tensors
+        self.small_peak = 0  # their most at once over this step
+        self.heap_hw = heap_floor  # the heap's high-water mark so far
         self.live = base
-        self.peak = base
+        self.peak = self.resident()
         self.where = "start"
         self.phase = "forward"
         self.marks: dict[str, int] = {}
 
+    def resident(self) -> int:
+        """What the process holds now: every live tensor, the heap at its high-water mark."""
+        return self.live - self.small + self.heap_hw
+
     def new(self, nbytes: int, name: str) -> Buf:
         """A new tensor with one holder."""
         b = Buf(self.charge(int(nbytes)) if nbytes else 0, name)
+        b.small = 0 < int(nbytes) < self.heap
         self.live += b.nbytes
-        if self.live > self.peak:
-            self.peak, self.where = self.live, f"{self.phase}: {name}"
+        if b.small:
+            self.small += b.nbytes
+            self.small_peak = max(self.small_peak, self.small)
+            self.heap_hw = max(self.heap_hw, self.small)
+        now = self.resident()
+        if now > self.peak:
+            self.peak, self.where = now, f"{self.phase}: {name}"
         return b
 
     def temp(self, nbytes: int, name: str) -> None:
@@ -60,9 +89,11 @@ class Timeline:
             b.refs -= 1
             if b.refs == 0:
                 self.live -= b.nbytes
+                if b.small:
+                    self.small -= b.nbytes
             elif b.refs < 0:
                 raise AssertionError(f"{b.name} released more often than held")
 
     def mark(self, label: str) -> None:
         """Remember the live bytes now (e.g. at the start of the backward)."""
-        self.marks[label] = self.live
+        self.marks[label] = self.resident()
