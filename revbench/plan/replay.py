@@ -43,7 +43,7 @@ class Step:
         self.early_stop = False  # checkpointing's recompute stops after its last saved tensor
         # the module's input is bf16/fp16 already under autocast (RevFFN's adapters lift the
         # halves to width d in bf16, so its norms, projections and FFN read bf16): no input
-        # casts, norms in bf16 out, input gradients in bf16 (``_low``)
+        # casts, norms in bf16 out, input gradients in bf16
         self.low = False
         self.saving = True  # False: a forward that keeps nothing for backward (checkpointed
         # blocks, the reversible Function's forward): saved-only tensors die at once
@@ -192,54 +192,44 @@ class Step:
     # --- norms ------------------------------------------------------------------------------
 
     def norm(self, x: Buf, name: str) -> tuple[Buf, list[Buf]]:
-        """LayerNorm (fused) or RMSNorm (composite: x^2, mean, rsqrt, x * rstd, * weight)."""
-        D, tl = self.D, self.tl
-        if self.low and D.autocast:
-            return self._norm_low(x, name)
-        self.save(x)
-        if D.llama:
-            sq = tl.new(D.slot, f"{name} x^2")
-            ms = tl.new(D.st * D.N, f"{name} mean")
-            tl.drop(sq)
-            rstd = tl.new(D.st * D.N, f"{name} rstd")
-            tl.drop(ms)
-            xn = tl.new(D.slot, f"{name} normalised")
-            out = tl.new(D.slot, f"{name} output")
-            self.save(rstd, xn)
-            tl.drop(rstd, xn)
-            return out, [x, rstd, xn]
-        out = tl.new(D.slot, f"{name} output")
-        return out, [x, self.saved_new(2 * D.st * D.N, f"{name} mean, rstd")]
+        """LayerNorm (fused) or RMSNorm (composite: x^2, mean, rsqrt, x * rstd, * weight).
 
-    def _norm_low(self, x: Buf, name: str) -> tuple[Buf, list[Buf]]:
-        """The norm of a bf16 input under autocast: LayerNorm runs in bf16 (its output bf16,
-        the input and float32 statistics saved); RMSNorm's composite upcasts the input (the
-        float32 copy is what its products save), normalises in float32 and casts back."""
+        On a bf16 input under autocast (``self.low``) LayerNorm runs in bf16 (its output
+        bf16), and RMSNorm's composite works on a float32 upcast of the input (the copy its
+        products save) and casts its output back to bf16."""
         D, tl = self.D, self.tl
+        low = self.low and D.autocast
         if not D.llama:
             self.save(x)
-            out = tl.new(D.a * D.N * D.d, f"{name} output (bf16)")
+            out = tl.new(D.a * D.N * D.d if low else D.slot, f"{name} output")
             return out, [x, self.saved_new(2 * D.st * D.N, f"{name} mean, rstd")]
-        up = tl.new(4 * D.N * D.d, f"{name} input upcast")
-        self.save(up)
-        sq = tl.new(4 * D.N * D.d, f"{name} x^2")
+        src = tl.new(D.slot, f"{name} input upcast") if low else x  # slot: float32 here
+        self.save(src)
+        sq = tl.new(D.slot, f"{name} x^2")
         ms = tl.new(D.st * D.N, f"{name} mean")
         tl.drop(sq)
         rstd = tl.new(D.st * D.N, f"{name} rstd")
         tl.drop(ms)
-        xn = tl.new(4 * D.N * D.d, f"{name} normalised")
-        o32 = tl.new(4 * D.N * D.d, f"{name} output (float32)")
-        out = tl.new(D.a * D.N * D.d, f"{name} output")
+        xn = tl.new(D.slot, f"{name} normalised")
+        out = tl.new(D.slot, f"{name} output")
         self.save(rstd, xn)
-        tl.drop(rstd, xn, o32, up)
-        return out, [up, rstd, xn]
+        tl.drop(rstd, xn)
+        if low:
+            cast = tl.new(D.a * D.N * D.d, f"{name} output (bf16)")
+            tl.drop(out, src)
+            out = cast
+        return out, [src, rstd, xn]
 
     def norm_back(self, g: Buf, saved: list[Buf], name: str) -> Buf:
+        """The norm's input gradient (bf16 for a bf16 input: ``norm``)."""
         D, tl = self.D, self.tl
-        if self.low and D.autocast:
-            return self._norm_back_low(g, saved, name)
+        low = self.low and D.autocast
         if D.llama:  # composite backward: weight product, x * rstd product, mean, power
             x, rstd, xn = saved
+            if low:  # the incoming bf16 gradient, cast up for the float32 composite
+                g32 = tl.new(D.slot, f"{name} grad (float32)")
+                tl.drop(g)
+                g = g32
             g_xn = tl.new(D.slot, f"{name} grad of normalised")
             tl.temp(D.slot, f"{name} weight grad product")
             self.param_grad(D.d, name)
@@ -254,40 +244,14 @@ class Step:
             tl.drop(part)
             out = tl.new(D.slot, f"{name} input grad")
             tl.drop(sq_g)
+            if low:
+                cast = tl.new(D.a * D.N * D.d, f"{name} input grad (bf16)")
+                tl.drop(out)
+                out = cast
             return out
-        out = tl.new(D.slot, f"{name} input grad")
+        out = tl.new(D.a * D.N * D.d if low else D.slot, f"{name} input grad")
         self.param_grad(2 * D.d, name)
         tl.drop(*saved, g)
-        return out
-
-    def _norm_back_low(self, g: Buf, saved: list[Buf], name: str) -> Buf:
-        """``_norm_low``'s backward: bf16 in, bf16 out (RMSNorm: through float32)."""
-        D, tl = self.D, self.tl
-        low = D.a * D.N * D.d
-        if not D.llama:
-            out = tl.new(low, f"{name} input grad (bf16)")
-            self.param_grad(2 * D.d, name)
-            tl.drop(*saved, g)
-            return out
-        up, rstd, xn = saved
-        g32 = tl.new(4 * D.N * D.d, f"{name} grad (float32)")
-        tl.drop(g)
-        g_xn = tl.new(4 * D.N * D.d, f"{name} grad of normalised")
-        tl.temp(4 * D.N * D.d, f"{name} weight grad product")
-        self.param_grad(D.d, name)
-        tl.drop(xn, g32)
-        part = tl.new(4 * D.N * D.d, f"{name} grad via rstd")
-        tl.temp(4 * D.N * D.d, f"{name} rstd grad product")
-        tl.drop(g_xn, rstd)
-        mean_g = tl.new(4 * D.N * D.d, f"{name} mean grad")
-        sq_g = tl.new(4 * D.N * D.d, f"{name} power grad")
-        tl.temp(4 * D.N * D.d, f"{name} power grad product")
-        tl.drop(mean_g, up)
-        tl.drop(part)
-        out32 = tl.new(4 * D.N * D.d, f"{name} input grad (float32)")
-        tl.drop(sq_g)
-        out = tl.new(low, f"{name} input grad")
-        tl.drop(out32)
         return out
 
     # --- attention --------------------------------------------------------------------------
