@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import random
 from pathlib import Path
@@ -24,6 +25,7 @@ from livebytes import LiveBytes
 
 from revbench import results
 from revbench.cli import main
+from revbench.gpus import by_name
 from revbench.measure.batch import Trial, predicted_largest, search_guided
 from revbench.measure.memory import SavedTensors
 from revbench.models import ARCHITECTURES, ModelConfig, build_model
@@ -287,7 +289,6 @@ def test_plan_command_prints_every_case_and_refuses_unknown_gpus(
 # --- CUDA terms and the measured GPU rows ---------------------------------------------------
 
 REFERENCE = Path(__file__).resolve().parent.parent / "revbench" / "data" / "reference"
-H100 = REFERENCE / "nvidia-h100-80gb-hbm3"
 
 
 def test_cublas_workspace_follows_pytorchs_sizes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -306,14 +307,46 @@ def test_cuda_plans_hold_one_cublas_workspace_per_thread() -> None:
     step both exist before the step, in a first step the second comes with the backward."""
     model = {"vocab_size": 512, "d_model": 64, "n_heads": 4, "max_seq_len": 64, "n_layers": 2}
     data = {"batch_size": 4, "seq_len": 64}
+    # the same multiprocessors, another capability: only the workspaces differ
+    h100_as_ampere = dataclasses.replace(by_name("H100-80GB"), capability=(8, 0))
     for measure, n in (({"warmup": 1, "steps": 2}, 2), ({"warmup": 0, "steps": 1}, 1)):
-        hopper = dims_of(model, data, {"device": "cuda"}, measure, capability=(9, 0))
-        older = dims_of(model, data, {"device": "cuda"}, measure, capability=(8, 0))
+        hopper = dims_of(model, data, {"device": "cuda"}, measure, gpu=by_name("H100-80GB"))
+        older = dims_of(model, data, {"device": "cuda"}, measure, gpu=h100_as_ampere)
         assert hopper.cublas_workspace - older.cublas_workspace == 24 * 2**20 - 128 * 2**10
         a, b = replay_step(hopper), replay_step(older)
         assert a.marks["backward"] - b.marks["backward"] == n * (24 * 2**20 - 128 * 2**10)
         assert a.peak - b.peak == 2 * (24 * 2**20 - 128 * 2**10)  # the peak is in the backward
     assert dims_of(model, data, {"device": "cpu"}).cublas_workspace == 0
+
+
+def test_bias_gradient_sums_borrow_the_reduction_buffer_measured_on_the_h200() -> None:
+    """On CUDA autograd sums a Linear's bias gradient over its rows with PyTorch's reduction
+    kernel, which stages partial sums in a global buffer: traced on an H200 (132
+    multiprocessors) at 8,192 rows, 128 MiB for the 2,048 columns of a GELU MLP's fc and 32 MiB
+    for the 512 of its proj, the recomputed MLP backward's peak. The planner books it there on
+    CUDA, not on CPU and not for Linears without a bias."""
+    from revbench.plan.dims import column_sum_buffer_bytes
+
+    MiB = 2**20
+    assert column_sum_buffer_bytes(8192, 2048, 4, 132, 2048) == (128 * MiB, 64)
+    assert column_sum_buffer_bytes(8192, 512, 4, 132, 2048) == (32 * MiB, 16)
+    assert column_sum_buffer_bytes(512, 768, 4, 132, 2048) == (0, 0)  # one block per column
+    # fewer multiprocessors, fewer blocks per column: an A100's 108
+    assert column_sum_buffer_bytes(8192, 2048, 4, 108, 2048) == (108 * MiB, 64)
+    model = {"vocab_size": 512, "d_model": 512, "n_heads": 8, "max_seq_len": 1024}
+    data, measure = {"batch_size": 8, "seq_len": 1024}, {"warmup": 1, "steps": 2}
+    train = {"device": "cuda", "dtype": "bfloat16"}
+    h200 = by_name("H200")
+    for arch in ("baseline", "midpoint"):
+        m = model | {"arch": arch, "n_layers": 4}
+        D = dims_of(m, data, train, measure, gpu=h200)
+        tl = replay_step(D)
+        assert tl.where == "backward: mlp fc bias grad sum's buffer", tl.where
+        assert D.bias_grad_scratch(D.N, D.F) == 128 * MiB + 512
+        cpu = dims_of(m, data, train | {"device": "cpu"}, measure)
+        assert cpu.bias_grad_scratch(D.N, D.F) == 0 and "bias" not in replay_step(cpu).where
+    llama = dims_of(model | {"block": "llama", "n_layers": 4}, data, train, measure, gpu=h200)
+    assert not llama.qkv_bias and "bias" not in replay_step(llama).where
 
 
 def _reference_cases(suite_file: Path, rows: Any) -> list[tuple[Any, float]]:
@@ -323,19 +356,23 @@ def _reference_cases(suite_file: Path, rows: Any) -> list[tuple[Any, float]]:
     return [(cases[r.case], r) for r in rows.itertuples()]
 
 
-def test_cuda_predictions_are_within_ten_percent_of_the_h100_rows(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("folder", "card", "n_max_batch"),
+    [("nvidia-h100-80gb-hbm3", "H100-80GB", 5), ("nvidia-h200", "H200", 6)],
+)
+def test_cuda_predictions_are_within_five_percent_of_the_gpu_rows(
+    monkeypatch: pytest.MonkeyPatch, folder: str, card: str, n_max_batch: int
 ) -> None:
-    """The GPU validation kit's rows measured on an H100 (revbench/data/reference): every
-    peak within 10% of the planner's (seen: -8.2..-1.0%, median -2.6%; without the cuBLAS
-    workspaces -13.7..-5.0%); every max-batch trial's footprint within 5%, and the largest
+    """The GPU validation kit's rows measured on an H100 and an H200
+    (revbench/data/reference): every peak within 5% of the planner's (seen on both: -2.9..-0.2%,
+    median -2.2%; without the bias gradients' reduction buffers -8.3..-1.0%, without the cuBLAS
+    workspaces too -13.7..-5.0%); every max-batch trial's footprint within 5%, and the largest
     batch within 5% (or one)."""
-    from revbench.gpus import by_name
     from revbench.plan import predict, predict_max_batch
 
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # the kit ran without it
-    gpu = by_name("H100-80GB")
-    df = results.load(H100)
+    gpu = by_name(card)
+    df = results.load(REFERENCE / folder)
     peaks = df[(df["suite"] == "gpu_validation") & (df["status"] == "ok")]
     assert len(peaks) == 14
     suites = REFERENCE.parent.parent / "suites"
@@ -343,25 +380,24 @@ def test_cuda_predictions_are_within_ten_percent_of_the_h100_rows(
         c.name: predict(c, gpu=gpu).peak_bytes / r.peak_mem_delta_bytes - 1
         for c, r in _reference_cases(suites / "gpu_validation.yaml", peaks)
     }
-    assert all(abs(e) < 0.10 for e in err.values()), err
+    assert all(abs(e) < 0.05 for e in err.values()), err
     mb = df[(df["suite"] == "gpu_validation_max_batch") & (df["status"] == "ok")]
-    assert len(mb) == 5
+    assert len(mb) == n_max_batch
     kit = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu" / "max_batch_budget.yaml"
     trial_err, found = {}, {}
     for c, r in _reference_cases(kit, mb):
         sec = c.sections()
-        D = dims_of(
-            sec["model"], sec["data"], sec["train"], {"warmup": 0, "steps": 1}, capability=(9, 0)
-        )
+        D = dims_of(sec["model"], sec["data"], sec["train"], {"warmup": 0, "steps": 1}, gpu=gpu)
         for t in r.search_trial_list:  # every trial that fitted has its measured footprint
             if t["fits"]:
                 planned = predict_dims(D.with_batch(t["size"])).peak_bytes
                 trial_err[f"{c.name} @ {t['size']}"] = planned / t["peak_bytes"] - 1
         found[c.name] = (predict_max_batch(c, 8 * 2**30, gpu=gpu), int(r.max_batch_size))
-    # seen: -3.0..+0.7%; the budget caps what the allocator reserves, which fragmentation
-    # makes more than the tensors' bytes, so the largest batch found is a little below the
-    # planned one at large batches (150 against 156)
-    assert len(trial_err) == 12 and all(abs(e) < 0.05 for e in trial_err.values()), trial_err
+    # trials seen: -1.2..+0.7%, the in-place head over slices +2.0% and +3.4% (H200). The budget
+    # caps what the allocator reserves, which fragmentation makes more than the tensors' bytes,
+    # so the largest batch found is a little below the planned one at large batches (150
+    # against 153)
+    assert trial_err and all(abs(e) < 0.05 for e in trial_err.values()), trial_err
     assert all(abs(p - f) <= max(1, 0.05 * f) for p, f in found.values()), found
 
 

@@ -14,8 +14,10 @@ Groups of checks (``--only`` picks some; ``checks.py``):
   by PCI bus id, so ``CUDA_DEVICE_ORDER`` cannot swap them);
 * ``memory``: tensors of known sizes allocated inside a measured step, the measured peak equal
   to their sum within the allocator's rounding (CPU: VmHWM in a child process started with
-  ``MALLOC_MMAP_THRESHOLD_=65536``, as the ``peak_memory`` metric does; ``probe.py``); the
-  max-batch budget emulation refuses a trial just above a budget and accepts it just below;
+  ``MALLOC_MMAP_THRESHOLD_=65536``, as the ``peak_memory`` metric does; ``probe.py``); on CUDA
+  the scratch buffer a bias gradient's column sum borrows equals the memory planner's port of
+  PyTorch's reduction launch configuration, to the byte, on this card; the max-batch budget
+  emulation refuses a trial just above a budget and accepts it just below;
 * ``timing``: a large matmul in the device's training dtype timed with the project's timer
   (``measure/timer.py``), its FLOP rate against the GPU table's peak (``measure/flops.py``;
   outside 30-105% fails), the timer against a host clock around synchronised work (a missing

@@ -132,7 +132,57 @@ def _revbench_version() -> str:
 
 def check_memory(device: Any, sizes: Sizes, ctx: Context) -> Iterator[Check]:
     yield memory_probe_check(device, sizes)
+    yield reduction_scratch_check(device)
     yield from budget_checks(device, sizes, ctx)
+
+
+SCRATCH_SHAPES = ((8192, 2048), (8192, 512), (4096, 1536), (16384, 768), (512, 768))
+"""(rows, columns) of the column sums ``reduction_scratch_check`` measures: a GELU MLP's and an
+attention's bias gradients at 8k and 16k tokens, and one too small to need a global buffer."""
+
+
+def reduction_scratch_check(device: Any) -> Check:
+    """CUDA: the scratch a bias gradient's column sum borrows from the caching allocator (the
+    planner's ``column_sum_buffer_bytes``, a port of PyTorch's reduction launch configuration)
+    equals what ``max_memory_allocated`` sees, to the byte, for each of ``SCRATCH_SHAPES`` on
+    this card's multiprocessors; not applicable on CPU (no such buffer)."""
+    if device.type != "cuda":
+        return Check("memory", "reduction scratch as planned", "skip", detail="CUDA only")
+    import torch
+
+    from revbench.plan.dims import column_sum_buffer_bytes
+
+    t0 = time.perf_counter()
+    props = torch.cuda.get_device_properties(device)
+    sms, threads = props.multi_processor_count, props.max_threads_per_multi_processor
+
+    def charge(n: int) -> int:
+        return -(-n // 512) * 512
+
+    got, want = [], []
+    for rows, cols in SCRATCH_SHAPES:
+        x = torch.ones(rows, cols, device=device, dtype=torch.bfloat16)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        y = x.sum(0)  # what autograd's sum_to does to a Linear's bias gradient
+        torch.cuda.synchronize(device)
+        got.append(torch.cuda.max_memory_allocated(device) - before - charge(2 * cols))
+        buf, sems = column_sum_buffer_bytes(rows, cols, 4, sms, threads)
+        want.append(charge(buf) + charge(sems) if buf else 0)
+        del x, y
+    shapes = ", ".join(f"{r}x{c}" for r, c in SCRATCH_SHAPES)
+    return Check(
+        "memory",
+        "reduction scratch as planned",
+        "pass" if got == want else "fail",
+        measured=" / ".join(mib(g) for g in got),
+        expected=" / ".join(mib(w) for w in want),
+        detail=f"bf16 column sums of {shapes}; {sms} multiprocessors x {threads} threads",
+        columns={"peak_mem_delta_bytes": max(got), "activation_bytes": max(want)},
+        config={"train.device": device.type},
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def memory_probe_check(device: Any, sizes: Sizes) -> Check:

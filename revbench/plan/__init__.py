@@ -76,14 +76,12 @@ def predict_dims(D: Dims) -> MemoryPlan:
 def predict(case: Any, *, device: str | None = None, gpu: Gpu | None = None) -> MemoryPlan:
     """The plan of a ``Case`` (``suite.Case``: its model, data and train sections);
     ``device`` plans for another device than the case's (``cuda`` for a GPU); ``gpu`` names
-    the card (its compute capability sizes cuBLAS's workspace; else the current one)."""
+    the card (its compute capability sizes cuBLAS's workspace, its multiprocessors the reductions'
+    buffers; else the current one)."""
     sec = _sections(case)
     if device is not None:
         sec["train"]["device"] = device
-    cap = gpu.capability if gpu else None
-    return predict_dims(
-        dims_of(sec["model"], sec["data"], sec["train"], sec["measure"], capability=cap)
-    )
+    return predict_dims(dims_of(sec["model"], sec["data"], sec["train"], sec["measure"], gpu=gpu))
 
 
 def _sections(case: Any) -> dict[str, dict[str, Any]]:
@@ -113,7 +111,7 @@ def predict_max_batch(
     if device is not None:
         sec["train"]["device"] = device
     trial = {"warmup": 0, "steps": measure.get("trial_steps", 1)}
-    D = dims_of(sec["model"], sec["data"], sec["train"], trial, capability=gpu and gpu.capability)
+    D = dims_of(sec["model"], sec["data"], sec["train"], trial, gpu=gpu)
 
     def fits(b: int) -> bool:
         return predict_dims(D.with_batch(b)).peak_bytes <= limit

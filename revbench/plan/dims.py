@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from revbench.gpus import Gpu, by_device_name, by_name
 from revbench.models import ARCHITECTURES
 from revbench.models.config import ModelConfig, is_reversible
 
@@ -39,6 +40,10 @@ class Dims:
     optimizer step on."""
     cublas_workspace: int = 0
     """CUDA: bytes of one cuBLAS workspace (``cublas_workspace_bytes``); 0 on CPU."""
+    sms: int = 0
+    """CUDA: the card's streaming multiprocessors; 0 on CPU."""
+    threads_per_sm: int = 0
+    """CUDA: the card's most resident threads per multiprocessor; 0 on CPU."""
 
     @property
     def N(self) -> int:
@@ -113,6 +118,30 @@ class Dims:
         return self.device == "cpu" and self.parallel == "fsdp"
 
     @property
+    def qkv_bias(self) -> bool:
+        """The attention's q, k and v projections have a bias (``attn_bias``; gpt2: all)."""
+        return self._attn_bias in ("qkv", "all")
+
+    @property
+    def proj_bias(self) -> bool:
+        """The attention's output projection has a bias."""
+        return self._attn_bias == "all"
+
+    @property
+    def _attn_bias(self) -> str:
+        bias = self.cfg.attn_bias
+        return bias if bias != "auto" else "all" if self.cfg.block == "gpt2" else ""
+
+    def bias_grad_scratch(self, rows: int, n_out: int) -> int:
+        """Bytes a Linear's bias gradient borrows while autograd sums it over ``rows`` rows:
+        on CUDA the column sum's global buffer (``column_sum_buffer_bytes``) and its
+        semaphores, each from the caching allocator; nothing on CPU."""
+        if self.device != "cuda" or not self.sms:
+            return 0
+        buf, sems = column_sum_buffer_bytes(rows, n_out, self.st, self.sms, self.threads_per_sm)
+        return self.charge(buf) + self.charge(sems) if buf else 0
+
+    @property
     def moe(self) -> bool:
         """The FFN is routed experts (``moe``, or ``revffn`` with experts)."""
         return self.cfg.n_experts > 0
@@ -182,17 +211,87 @@ def _current_capability() -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability())  # type: ignore[return-value]
 
 
+def _current_gpu() -> Gpu | None:
+    """The current CUDA device as a ``Gpu`` (its capability and multiprocessors) when torch
+    has initialised CUDA already, else None."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    p = torch.cuda.get_device_properties(torch.cuda.current_device())
+    known = by_device_name(p.name)
+    return Gpu(
+        known.name if known else p.name,
+        (p.name,),
+        int(p.total_memory),
+        known.bf16_tflops if known else 0.0,
+        known.fp32_tflops if known else 0.0,
+        (int(p.major), int(p.minor)),
+        int(p.multi_processor_count),
+    )
+
+
+def column_sum_buffer_bytes(
+    rows: int, cols: int, acc_bytes: int, sms: int, threads_per_sm: int
+) -> tuple[int, int]:
+    """(global buffer, semaphore) bytes PyTorch's CUDA reduction kernel allocates to sum a
+    contiguous (rows, cols) tensor over its rows, as autograd sums a Linear's bias gradient
+    (``InputMetadata::reduce_grad`` -> ``sum_to``): a port of ``setReduceConfig`` and
+    ``ReduceConfig::global_memory_size`` (``ATen/native/cuda/Reduce.cuh``, torch 2.11) for a
+    reduction over the slower dimension with its output vectorised along the columns.
+
+    When the rows are many and the columns few, the kernel splits each column's sum over
+    ``ctas`` thread blocks and stages their partial sums (float32: ``acc_bytes``) in a buffer
+    of ``acc_bytes x cols x ctas x block.x x vec`` bytes, freed when the kernel's caller
+    returns. Measured on an H200 (132 multiprocessors, torch 2.11): a GELU MLP's bias
+    gradients at 8,192 rows borrowed exactly 128 MiB (2,048 columns) and 32 MiB (512)."""
+    if rows <= 1 or cols <= 0 or sms <= 0 or threads_per_sm <= 0:
+        return 0, 0
+    vec = 4  # get_output_vec_size: 4, halved until it divides the columns (aligned storage)
+    while cols % vec:
+        vec //= 2
+    most = 512 // vec  # MAX_NUM_THREADS / output_vec_size
+    dim0, dim1 = cols // vec, rows
+    p0 = most if dim0 >= most else _last_pow2(dim0)
+    p1 = most if dim1 >= most else _last_pow2(dim1)
+    width = min(p0, 32)  # a warp
+    height = min(p1, most // width)
+    width = min(p0, most // height)
+    step_out, step_in = width, 1  # the columns split across a warp's lanes
+    warps = -(-rows // step_in) >= min(height * 16, 256)
+    if warps:  # the rows split across the block's warps
+        step_in *= height
+    else:
+        step_out *= height
+    grid = -(-(cols // vec) // step_out)
+    target = sms * (threads_per_sm // (width * height))
+    per_thread = -(-rows // step_in)
+    if not (warps and per_thread >= 256 and grid <= target):
+        return 0, 0
+    ctas = max(min(-(-target // grid), -(-per_thread // 16)), -(-per_thread // 256))
+    if ctas <= 1:
+        return 0, 0
+    return acc_bytes * cols * ctas * width * vec, 4 * grid
+
+
+def _last_pow2(n: int) -> int:
+    return 1 << (max(int(n), 1).bit_length() - 1)
+
+
 def dims_of(
     model: dict[str, Any],
     data: dict[str, Any],
     train: dict[str, Any],
     measure: dict[str, Any] | None = None,
     *,
-    capability: tuple[int, int] | None = None,
+    gpu: Gpu | None = None,
 ) -> Dims:
     """``Dims`` of a case's model, data and train sections (plain dicts, as ``Case`` holds);
-    ``measure`` tells whether the measured steps start with the optimizer's state;
-    ``capability`` is the CUDA GPU's (``cublas_workspace_bytes``)."""
+    ``measure`` tells whether the measured steps start with the optimizer's state; ``gpu`` is
+    the CUDA card planned for (its capability sizes cuBLAS's workspace, its multiprocessors
+    the reductions' buffers): the current device when None and torch has initialised CUDA,
+    else an H100."""
     cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
     dtype = train.get("dtype", "float32")
     autocast = dtype in ("bfloat16", "float16")
@@ -201,6 +300,7 @@ def dims_of(
     if device == "auto":
         device = "cuda" if _cuda_available() else "cpu"
     parallel = train.get("parallel", "none")
+    card = (gpu or _current_gpu() or by_name("H100-80GB")) if device == "cuda" else None
     return Dims(
         cfg=cfg,
         B=int(data["batch_size"]),
@@ -214,7 +314,9 @@ def dims_of(
         world_size=int(train.get("nproc_per_node", 1)) if parallel != "none" else 1,
         parallel=parallel,
         warm_optimizer=_steps_before(measure) > 0,
-        cublas_workspace=cublas_workspace_bytes(capability) if device == "cuda" else 0,
+        cublas_workspace=cublas_workspace_bytes(card.capability) if card else 0,
+        sms=card.sms if card else 0,
+        threads_per_sm=card.threads_per_sm if card else 0,
     )
 
 

@@ -172,11 +172,15 @@ class Step:
         n_out: int,
         name: str,
         input_fp32: bool = True,
+        bias: bool = False,
     ) -> Buf:
-        """The input's gradient (then the weight's); lets go of ``saved`` and ``g``."""
+        """The input's gradient (then the weight's, then the bias's: ``bias``, summed over the
+        rows by autograd, on CUDA through a scratch buffer); lets go of ``saved`` and ``g``."""
         D, tl = self.D, self.tl
         if D.autocast:
             gi = tl.new(2 * rows * n_in, f"{name} input grad (bf16)")
+            if bias:
+                tl.temp(D.bias_grad_scratch(rows, n_out), f"{name} bias grad sum's buffer")
             self.param_grad(n_in * n_out, name)
             tl.drop(*saved, g)
             if input_fp32 and not self.low:  # the cast's backward: back to the float32 input
@@ -185,6 +189,8 @@ class Step:
                 return g32
             return gi
         gi = tl.new(D.s * rows * n_in, f"{name} input grad")
+        if bias:
+            tl.temp(D.bias_grad_scratch(rows, n_out), f"{name} bias grad sum's buffer")
         self.param_grad(n_in * n_out, name)
         tl.drop(*saved, g)
         return gi
@@ -324,13 +330,15 @@ class Step:
     def attention_back(self, g: Buf, st: dict, where: str = "attention") -> Buf:
         D, tl = self.D, self.tl
         N, d, kv = D.N, D.d, D.kv
-        g_y = self.linear_back(g, st["proj"], N, d, d, f"{where} proj", input_fp32=False)
+        g_y = self.linear_back(
+            g, st["proj"], N, d, d, f"{where} proj", input_fp32=False, bias=D.proj_bias
+        )
         grads = [tl.new(D.a * N * w, f"{where} d{p}") for p, w in (("q", d), ("k", kv), ("v", kv))]
         tl.drop(*st["sdpa"], g_y)
         self.rotary_back(grads, where)
         g_qkv = tl.new(D.a * N * (d + 2 * kv), f"{where} qkv grad")  # split's backward: a cat
         tl.drop(*grads)
-        g_n1 = self.linear_back(g_qkv, st["qkv"], N, d, d + 2 * kv, f"{where} qkv")
+        g_n1 = self.linear_back(g_qkv, st["qkv"], N, d, d + 2 * kv, f"{where} qkv", bias=D.qkv_bias)
         return self.norm_back(g_n1, st["norm"], f"{where} norm")
 
     # --- MLPs -------------------------------------------------------------------------------
@@ -382,7 +390,10 @@ class Step:
     def mlp_back(self, g: Buf, st: dict, where: str = "mlp", rows: int = 0, width: int = 0) -> Buf:
         D, tl = self.D, self.tl
         rows, F, d = rows or D.N, width or D.F, D.d
-        g_act = self.linear_back(g, st["proj"], rows, F, d, f"{where} proj", input_fp32=False)
+        gelu = not st["swiglu"]  # GPT-2's MLP has biases; SwiGLU's (and the experts') none
+        g_act = self.linear_back(
+            g, st["proj"], rows, F, d, f"{where} proj", input_fp32=False, bias=gelu
+        )
         if st["swiglu"]:
             g_silu = tl.new(D.a * rows * F, f"{where} silu grad")
             g_up = tl.new(D.a * rows * F, f"{where} up grad")
@@ -395,7 +406,7 @@ class Step:
         else:
             g_fc = tl.new(D.a * rows * F, f"{where} gelu grad")
             tl.drop(*st["gelu"], g_act)
-            gh = self.linear_back(g_fc, st["fc"], rows, d, F, f"{where} fc")
+            gh = self.linear_back(g_fc, st["fc"], rows, d, F, f"{where} fc", bias=True)
         if st["norm"]:
             return self.norm_back(gh, st["norm"], f"{where} norm")
         return gh
@@ -1130,7 +1141,9 @@ class Step:
         D, tl = self.D, self.tl
         N, d, kv = D.N, D.d, D.kv
         g_proj = self.linear_back(g, st["P1"], N, d, d // 2, "P1", input_fp32=False)
-        g_y = self.linear_back(g_proj, st["proj"], N, d, d, "attention proj", input_fp32=False)
+        g_y = self.linear_back(
+            g_proj, st["proj"], N, d, d, "attention proj", input_fp32=False, bias=D.proj_bias
+        )
         grads = [tl.new(D.a * N * d, "dq"), tl.new(D.a * N * kv, "dk")]
         dv = tl.new(D.a * N * kv, "dv")
         tl.drop(*st["sdpa"], g_y)
@@ -1139,8 +1152,8 @@ class Step:
         g_kv = tl.new(D.a * N * 2 * kv, "kv grad")
         tl.drop(grads[1], dv)
         self.low = True
-        g_nq = self.linear_back(dq, st["q"], N, d, d, "q projection")
-        g_nk = self.linear_back(g_kv, st["kv"], N, d, 2 * kv, "kv projection")
+        g_nq = self.linear_back(dq, st["q"], N, d, d, "q projection", bias=D.qkv_bias)
+        g_nk = self.linear_back(g_kv, st["kv"], N, d, 2 * kv, "kv projection", bias=D.qkv_bias)
         g_qu = self.norm_back(g_nq, st["nq"], "N1 (queries)")
         g_ku = self.norm_back(g_nk, st["nk"], "N1 (keys, values)")
         self.low = False
