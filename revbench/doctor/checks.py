@@ -150,14 +150,11 @@ def reduction_scratch_check(device: Any) -> Check:
         return Check("memory", "reduction scratch as planned", "skip", detail="CUDA only")
     import torch
 
-    from revbench.plan.dims import column_sum_buffer_bytes
+    from revbench.plan.dims import column_sum_buffer_bytes, cuda_charge
 
     t0 = time.perf_counter()
     props = torch.cuda.get_device_properties(device)
     sms, threads = props.multi_processor_count, props.max_threads_per_multi_processor
-
-    def charge(n: int) -> int:
-        return -(-n // 512) * 512
 
     got, want = [], []
     for rows, cols in SCRATCH_SHAPES:
@@ -167,9 +164,9 @@ def reduction_scratch_check(device: Any) -> Check:
         before = torch.cuda.memory_allocated(device)
         y = x.sum(0)  # what autograd's sum_to does to a Linear's bias gradient
         torch.cuda.synchronize(device)
-        got.append(torch.cuda.max_memory_allocated(device) - before - charge(2 * cols))
+        got.append(torch.cuda.max_memory_allocated(device) - before - cuda_charge(2 * cols))
         buf, sems = column_sum_buffer_bytes(rows, cols, 4, sms, threads)
-        want.append(charge(buf) + charge(sems) if buf else 0)
+        want.append(cuda_charge(buf) + cuda_charge(sems) if buf else 0)
         del x, y
     shapes = ", ".join(f"{r}x{c}" for r, c in SCRATCH_SHAPES)
     return Check(

@@ -16,6 +16,16 @@ from revbench.models import ARCHITECTURES
 from revbench.models.config import ModelConfig, is_reversible
 
 INT64 = 8
+MMAP_THRESHOLD = 65536
+"""CPU: tensors of this many bytes or more get a mapping of their own, smaller ones come from
+malloc's heap (revbench's memory processes run with ``MALLOC_MMAP_THRESHOLD_=65536``)."""
+CUDA_BLOCK = 512
+"""CUDA: PyTorch's caching allocator rounds every allocation up to this many bytes."""
+
+
+def cuda_charge(nbytes: int) -> int:
+    """Bytes an allocation of ``nbytes`` takes from PyTorch's CUDA caching allocator."""
+    return -(-nbytes // CUDA_BLOCK) * CUDA_BLOCK
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,8 +170,8 @@ class Dims:
         alignment spill into (measured: 4 KiB per such tensor); smaller ones come from the
         heap. CUDA (PyTorch's caching allocator): sizes rounded up to 512 bytes."""
         if self.device == "cuda":
-            return -(-nbytes // 512) * 512
-        if nbytes >= 65536:
+            return cuda_charge(nbytes)
+        if nbytes >= MMAP_THRESHOLD:
             return -(-nbytes // 4096) * 4096 + 4096
         return nbytes
 
@@ -198,17 +208,8 @@ def cublas_workspace_bytes(
         if pairs:
             return sum(int(size) * 1024 * int(count) for size, count in pairs)
     if capability is None:
-        capability = _current_capability() or (9, 0)
+        capability = (_current_gpu() or by_name("H100-80GB")).capability
     return HOPPER_WORKSPACE if capability[0] >= 9 else OLDER_WORKSPACE
-
-
-def _current_capability() -> tuple[int, int] | None:
-    import sys
-
-    torch = sys.modules.get("torch")  # never initialise CUDA just to plan
-    if torch is None or not torch.cuda.is_initialized():
-        return None
-    return tuple(torch.cuda.get_device_capability())  # type: ignore[return-value]
 
 
 def _current_gpu() -> Gpu | None:
@@ -216,7 +217,7 @@ def _current_gpu() -> Gpu | None:
     has initialised CUDA already, else None."""
     import sys
 
-    torch = sys.modules.get("torch")
+    torch = sys.modules.get("torch")  # never initialise CUDA just to plan
     if torch is None or not torch.cuda.is_initialized():
         return None
     p = torch.cuda.get_device_properties(torch.cuda.current_device())

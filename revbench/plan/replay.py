@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from revbench.models.config import INPLACE_ROWS
-from revbench.plan.dims import INT64, Dims
+from revbench.plan.dims import INT64, MMAP_THRESHOLD, Dims
 from revbench.plan.params import (
     block_shapes,
     charged,
@@ -179,20 +179,16 @@ class Step:
         D, tl = self.D, self.tl
         if D.autocast:
             gi = tl.new(2 * rows * n_in, f"{name} input grad (bf16)")
-            if bias:
-                tl.temp(D.bias_grad_scratch(rows, n_out), f"{name} bias grad sum's buffer")
-            self.param_grad(n_in * n_out, name)
-            tl.drop(*saved, g)
-            if input_fp32 and not self.low:  # the cast's backward: back to the float32 input
-                g32 = tl.new(4 * rows * n_in, f"{name} input grad")
-                tl.drop(gi)
-                return g32
-            return gi
-        gi = tl.new(D.s * rows * n_in, f"{name} input grad")
+        else:
+            gi = tl.new(D.s * rows * n_in, f"{name} input grad")
         if bias:
             tl.temp(D.bias_grad_scratch(rows, n_out), f"{name} bias grad sum's buffer")
         self.param_grad(n_in * n_out, name)
         tl.drop(*saved, g)
+        if D.autocast and input_fp32 and not self.low:  # the cast's backward: to the float32 input
+            g32 = tl.new(4 * rows * n_in, f"{name} input grad")
+            tl.drop(gi)
+            return g32
         return gi
 
     # --- norms ------------------------------------------------------------------------------
@@ -836,22 +832,24 @@ class Step:
         (``reversible.sliced_forward_step``: the branch's transients are a slice's, the new
         slot is gathered into a whole tensor made after the first slice)."""
         tl = self.tl
-        branch = kind in ("f", "euler")
-        src = prev if kind == "euler" else cur if branch else cur if kind == "attn" else prev
-        name = "next state" if branch else f"{kind} half-step"
+        src = prev if kind in ("euler", "mlp") else cur  # the slot the branch reads
+
+        def branch() -> Buf:
+            if kind in ("f", "euler"):
+                return self.f(src)[0]
+            return (self.attention(src) if kind == "attn" else self.mlp(src))[0]
+
         new = self._sliced_new(
-            lambda: (
-                self.f(src)[0]
-                if branch
-                else (self.attention(src) if kind == "attn" else self.mlp(src))[0]
-            ),
-            name,
+            branch, "next state" if kind in ("f", "euler") else f"{kind} half-step"
         )
         if kind == "euler":
             return prev, new
-        if branch or kind == "mlp":
-            tl.drop(prev if branch else cur)
-            return (cur, new) if branch else (prev, new)
+        if kind == "f":
+            tl.drop(prev)
+            return cur, new
+        if kind == "mlp":  # the second slot is replaced
+            tl.drop(cur)
+            return prev, new
         tl.drop(prev)  # attn: the first slot is replaced
         return new, cur
 
@@ -1172,11 +1170,6 @@ def _expert_rows(slots: int, experts: int) -> list[int]:
     return [base + (1 if e < extra else 0) for e in range(experts)]
 
 
-HEAP_BELOW = 65536
-"""CPU: tensors below ``MALLOC_MMAP_THRESHOLD_`` (revbench's memory processes set 65536) come
-from malloc's heap, whose high-water mark stays resident (``Timeline``)."""
-
-
 def replay_step(
     D: Dims, base: int = 0, *, allocator: bool = True, heap_floor: bool = True
 ) -> Timeline:
@@ -1186,7 +1179,9 @@ def replay_step(
     instead of what the allocator charges for them, and no heap. ``heap_floor`` False: a
     first pass that only finds the step's heap peak (a warm step starts at it)."""
     charge = D.charge if allocator else None
-    heap = HEAP_BELOW if allocator and D.device == "cpu" else 0
+    # CPU: tensors below the mmap threshold come from malloc's heap, whose high-water mark
+    # stays resident (``Timeline``)
+    heap = MMAP_THRESHOLD if allocator and D.device == "cpu" else 0
     floor = 0
     if heap and heap_floor and D.warm_optimizer:  # the steps before left the heap at its peak
         floor = replay_step(D, base, allocator=allocator, heap_floor=False).small_peak
