@@ -448,13 +448,20 @@ MOE_SHAPE = {"block": "llama", "vocab_size": 512, "d_model": 128, "n_heads": 4, 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["moe+ckpt", "revffn"])
-def test_bf16_moe_replays_follow_a_live_tensor_trace_at_the_moe_suite_shape(arch: str) -> None:
-    """moe.yaml's shape under bf16 autocast, against live tensors (seen: moe+ckpt -2.5%, it
-    was -7.5% while the replay freed ``MoE.forward``'s gathered tokens early; revffn -0.3%, it
-    was +15% while its adapters' bf16 outputs were planned as float32)."""
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_moe_replays_follow_a_live_tensor_trace_at_the_moe_suite_shape(
+    arch: str, dtype: str
+) -> None:
+    """moe.yaml's shape, against live tensors. Seen: moe+ckpt exact to 0.04% in both dtypes
+    (it was -2.5% in bf16 while the recompute stopped at the shared expert's projection,
+    whose output the gate product saves, and made the output gradient's bf16 copy after the
+    recompute instead of before it; -7.5% while the replay freed ``MoE.forward``'s gathered
+    tokens early); revffn -0.2% (float32) and -1.1% (bf16: a few casts approximated; it was
+    +15% while its adapters' bf16 outputs were planned as float32)."""
     name, _, variant = arch.partition("+")
     kw = {**MOE_SHAPE, "arch": name, "checkpointing": variant == "ckpt"}
-    D = dims_of(kw, {"batch_size": 8, "seq_len": 256}, {"dtype": "bfloat16", "device": "cpu"})
+    D = dims_of(kw, {"batch_size": 8, "seq_len": 256}, {"dtype": dtype, "device": "cpu"})
     replayed = replay_step(D, allocator=False).peak - 8 * D.N
-    traced = _traced_peak(kw, 8, 256, "bfloat16")
-    assert abs(replayed / traced - 1) < 0.03, replayed / traced - 1
+    traced = _traced_peak(kw, 8, 256, dtype)
+    bound = 0.005 if name == "moe" else 0.02
+    assert abs(replayed / traced - 1) < bound, replayed / traced - 1

@@ -348,9 +348,13 @@ class Step:
         swiglu: bool | None = None,
         weight_cast: bool = True,
         normed: bool = True,
+        ends_block: bool = True,
     ) -> tuple[Buf, dict]:
         """MLP(N2(x)): GELU (gpt2) or SwiGLU (llama, experts); ``normed`` False when ``x`` is
-        the normalised input already (the experts)."""
+        the normalised input already (the experts). ``ends_block``: its projection is the
+        block's last saving op, where a checkpoint's recompute stops (not an MoE's experts:
+        the combine and the shared expert's gate product come after them, and that product
+        saves the shared expert's output)."""
         D, tl = self.D, self.tl
         rows, F, d = rows or D.N, width or D.F, D.d
         st: dict = {"norm": []}
@@ -367,7 +371,7 @@ class Step:
             self.save(gate, silu, up)  # saved by silu (its input) and by the product (both)
             st["silu"], st["mul"] = [gate], [silu, up]
             out, st["proj"] = self.linear(
-                prod, rows, F, d, f"{where} proj", weight_cast, cast=False, last=True
+                prod, rows, F, d, f"{where} proj", weight_cast, cast=False, last=ends_block
             )
             tl.drop(gate, up, silu, prod, h)
             st["swiglu"] = True
@@ -377,7 +381,7 @@ class Step:
         self.save(fc)  # saved by GELU
         st["gelu"] = [fc]
         out, st["proj"] = self.linear(
-            act, rows, F, d, f"{where} proj", weight_cast, cast=False, last=True
+            act, rows, F, d, f"{where} proj", weight_cast, cast=False, last=ends_block
         )
         tl.drop(fc, act, h)
         st["swiglu"] = False
@@ -464,15 +468,18 @@ class Step:
         tl.drop(fo)
         return out, st
 
-    def block_back(self, g: Buf, st: dict) -> Buf:
-        """p + f(p): p gets ``g`` directly and through f (f's gradient is a bf16 copy of g under
-        autocast, g itself otherwise)."""
-        D, tl = self.D, self.tl
-        if D.autocast:
-            g_f = tl.new(D.a * D.N * D.d, "grad of f (cast)")
-        else:
-            g_f = g
-            tl.hold(g)
+    def branch_grad(self, g: Buf, name: str) -> Buf:
+        """The residual add's backward (``p + branch``), the first node of a block's backward:
+        the branch's gradient, a bf16 copy of ``g`` under autocast (the branch's output is
+        bf16), ``g`` itself otherwise (one more holder). No saved tensor is unpacked before
+        it, so it comes before a checkpoint's recompute of the block."""
+        if self.D.autocast:
+            return self.tl.new(self.D.a * self.D.N * self.D.d, f"grad of {name} (cast)")
+        self.tl.hold(g)
+        return g
+
+    def block_back(self, g: Buf, st: dict, g_f: Buf) -> Buf:
+        """p + f(p): p gets ``g`` directly and through f (``g_f``: ``branch_grad``)."""
         return self.f_back(g_f, st, p_grad=g)
 
     # --- embedding, head, loss --------------------------------------------------------------
@@ -641,7 +648,9 @@ class Step:
         outs = []
         st["experts"] = []
         for e in range(E):  # each expert on its rows: SwiGLU, weights cast per expert
-            out, est = self.mlp(tokens, f"expert {e}", rows=rows[e], swiglu=True, normed=False)
+            out, est = self.mlp(
+                tokens, f"expert {e}", rows=rows[e], swiglu=True, normed=False, ends_block=False
+            )
             st["experts"].append(est)
             outs.append(out)
         cat = tl.new(D.a * N * k * d, "expert outputs")
@@ -663,7 +672,9 @@ class Step:
             gate, st["shared_gate"] = self.linear(h, N, d, 1, "shared gate")
             sig = tl.new(D.a * N, "shared gate sigmoid")
             tl.drop(gate)
-            so, st["shared"] = self.mlp(h, "shared expert", width=width, swiglu=True, normed=False)
+            so, st["shared"] = self.mlp(
+                h, "shared expert", width=width, swiglu=True, normed=False, ends_block=False
+            )
             sm = tl.new(D.a * N * d, "gated shared output")
             st["shared_mul"] = [self.kept(sig), self.kept(so)]
             y2 = tl.new(D.a * N * d, "moe + shared output")
@@ -738,11 +749,9 @@ class Step:
         tl.drop(y, x2)
         return out, {"attn": ast, "ffn": mst}
 
-    def moe_block_back(self, g: Buf, st: dict) -> Buf:
+    def moe_block_back(self, g: Buf, st: dict, g_y: Buf) -> Buf:
+        """``g_y``: the MoE output's gradient (``branch_grad``)."""
         D, tl = self.D, self.tl
-        g_y = tl.new(D.a * D.N * D.d, "grad of moe output (cast)") if D.autocast else g
-        if not D.autocast:
-            tl.hold(g)
         g_moe = self.moe_back(g_y, st["ffn"])
         g_x2 = tl.new(D.slot, "grad of p + a (sum)")
         tl.drop(g, g_moe)
@@ -780,6 +789,7 @@ class Step:
         back = self.moe_block_back if D.moe else self.block_back
         for st in reversed(states):
             self.unshard()
+            g_branch = self.branch_grad(g, "moe output" if D.moe else "f")
             if D.cfg.checkpointing:  # recompute the block, saving, then backpropagate it
                 x = st
                 self.early_stop = True
@@ -787,7 +797,7 @@ class Step:
                 self.early_stop = False
                 self.flush_casts()
                 tl.drop(out, x)
-            g = back(g, st)
+            g = back(g, st, g_branch)
             self.reduce_scatter()
         return g
 
