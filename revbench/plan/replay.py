@@ -123,6 +123,19 @@ class Step:
         self.tl.temp(nbytes, name)
         return None
 
+    def vjp_grad(self, g: Buf, cast_bytes: int, name: str) -> Buf:
+        """The gradient a reversible step's VJP hands to its branch (``Recompute.vjp``): under
+        autocast a bf16 copy of ``g`` (``cast_bytes``), else ``g``, with two holders: the
+        branch's backward lets go of one, the VJP's argument tuple keeps the other until
+        ``autograd.grad`` returns (the caller drops it then)."""
+        if self.D.autocast:
+            b = self.tl.new(cast_bytes, name)
+        else:
+            b = g
+            self.tl.hold(g)
+        self.tl.hold(b)
+        return b
+
     # --- Linear -----------------------------------------------------------------------------
 
     def linear(
@@ -977,15 +990,14 @@ class Step:
             g_in = gs[grad_in]
             if g_in is None:
                 return
-            g_b = tl.new(S.a * S.N * S.d, "incoming grad (cast)") if S.autocast else g_in
-            if not S.autocast:
-                tl.hold(g_in)
+            g_b = self.vjp_grad(g_in, S.a * S.N * S.d, "incoming grad (cast)")
             if branch:
                 jg = self.f_back(g_b, st)
             elif kind == "attn":
                 jg = self.attention_back(g_b, st)
             else:
                 jg = self.mlp_back(g_b, st)
+            tl.drop(g_b)  # the VJP has returned
             if gs[grad_out] is not None:
                 tl.drop(jg)  # added into the state's gradient in place
             elif not sliced:
@@ -1105,10 +1117,8 @@ class Step:
             out, st = self._revffn_ffn(x1)
             self.flush_casts()
             tl.drop(out)
-            g_b = tl.new(S.a * S.N * S.d // 2, "grad of P2 output (cast)") if S.autocast else g2
-            if not S.autocast:
-                tl.hold(g2)
-            tl.drop(self._revffn_ffn_back(g_b, st))
+            g_b = self.vjp_grad(g2, S.a * S.N * S.d // 2, "grad of P2 output (cast)")
+            tl.drop(self._revffn_ffn_back(g_b, st), g_b)
 
         def attention_coupling(first: bool) -> None:
             # fixed point (x1 mode) or exact, recompute, VJP
@@ -1122,11 +1132,9 @@ class Step:
             out, st = self._revffn_attn(x1, x2)
             self.flush_casts()
             tl.drop(out)
-            g_b = tl.new(S.a * S.N * S.d // 2, "grad of P1 output (cast)") if S.autocast else g1
-            if not S.autocast:
-                tl.hold(g1)
+            g_b = self.vjp_grad(g1, S.a * S.N * S.d // 2, "grad of P1 output (cast)")
             j1, j2 = self._revffn_attn_back(g_b, st)
-            tl.drop(j1, j2)
+            tl.drop(j1, j2, g_b)
 
         for _ in range(D.L):  # each coupling one step of the Function, over slices if asked
             self._per_slice(ffn_coupling)
