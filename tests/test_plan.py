@@ -456,8 +456,9 @@ def test_moe_replays_follow_a_live_tensor_trace_at_the_moe_suite_shape(
     (it was -2.5% in bf16 while the recompute stopped at the shared expert's projection,
     whose output the gate product saves, and made the output gradient's bf16 copy after the
     recompute instead of before it; -7.5% while the replay freed ``MoE.forward``'s gathered
-    tokens early); revffn -0.2% (float32) and -1.1% (bf16: a few casts approximated; it was
-    +15% while its adapters' bf16 outputs were planned as float32)."""
+    tokens early); revffn -0.2% (float32) and -0.25% (bf16; it was -1.1% while the replay freed
+    the VJP's bf16 copy of the gradient early, +15% while its adapters' bf16 outputs were planned
+    as float32)."""
     name, _, variant = arch.partition("+")
     kw = {**MOE_SHAPE, "arch": name, "checkpointing": variant == "ckpt"}
     D = dims_of(kw, {"batch_size": 8, "seq_len": 256}, {"dtype": dtype, "device": "cpu"})
