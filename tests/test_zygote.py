@@ -11,6 +11,7 @@ from revbench.models import ARCHITECTURES
 from revbench.models.config import is_reversible
 
 ARCHS = ARCHITECTURES.names()
+HEAP_NOISE = 0.75 * 2**20  # bytes: glibc's heap between two CPU processes (see below)
 
 SUITE = """
 name: warm
@@ -35,15 +36,20 @@ def _rows(tmp_path: Path, warm: bool) -> dict[str, dict]:
 @pytest.mark.slow
 def test_warm_and_fresh_case_processes_measure_the_same(tmp_path: Path) -> None:
     """Every architecture: the same activation bytes exactly, the same measured peak within 1%
-    (a fork shares torch's pages with the zygote; the warmed baseline absorbs them). Sizes are
-    realistic (peaks of 60-290 MB) because the CPU peak has an absolute noise of a few hundred
-    KB between any two processes (measured fresh against fresh: up to 0.3% here, 2% at 1 MB)."""
+    or 0.75 MiB, whichever is larger (a fork shares torch's pages with the zygote; the warmed
+    baseline absorbs them). Sizes are realistic (peaks of 45-290 MiB) because the CPU peak has
+    an absolute noise from glibc's heap between any two processes: fresh against fresh up to
+    0.4 MiB here (0.3%-0.8%; 2% at 1 MB), and a warm process, whose heap has the zygote's
+    history, measured +0.05 to +0.45 MiB above a fresh one (4 pairs of revnet, midpoint and
+    baseline, stop 29); one CI run saw revnet +1.08% (0.49 MiB) against a 1% bound alone."""
     warm, fresh = _rows(tmp_path, True), _rows(tmp_path, False)
     assert set(warm) == set(ARCHS) and any(is_reversible(a) for a in warm)
     for arch in ARCHS:
         w, f = warm[arch], fresh[arch]
         assert w["activation_bytes"] == f["activation_bytes"], arch
-        assert w["peak_mem_delta_bytes"] == pytest.approx(f["peak_mem_delta_bytes"], rel=0.01), arch
+        assert w["peak_mem_delta_bytes"] == pytest.approx(
+            f["peak_mem_delta_bytes"], rel=0.01, abs=HEAP_NOISE
+        ), arch
         assert w["param_bytes"] == f["param_bytes"], arch
 
 
