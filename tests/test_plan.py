@@ -441,6 +441,37 @@ def test_the_heap_keeps_its_high_water_mark() -> None:
     assert plain.peak == 1_000_000
 
 
+def test_the_warm_up_leaves_heap_that_the_step_reuses() -> None:
+    """CPU: the measurement's warm-up (one step of a one-layer copy, then freed) leaves its
+    small tensors' heap free and resident in the baseline; the step's heap costs only what
+    goes beyond it, never less than nothing. CUDA has no such term."""
+    import dataclasses
+
+    from revbench.plan.params import charged
+    from revbench.plan.replay import warm_up_heap
+    from revbench.plan.timeline import Timeline
+
+    tl = Timeline(heap=65536, heap_free=150_000)
+    small = [tl.new(40_000, "small") for _ in range(5)]  # 200,000 heap bytes: 50,000 new
+    assert tl.resident() == 50_000  # no mapped tensor; the heap beyond the free 150,000
+    big = tl.new(1_000_000, "big")
+    tl.drop(*small, big)
+    assert tl.peak == 1_050_000 and tl.resident() == 50_000
+    roomy = Timeline(heap=65536, heap_free=1_000_000)
+    roomy.temp(40_000, "small")
+    assert roomy.peak == 0
+
+    kw = {**MOE_SHAPE, "arch": "revffn"}
+    D = dims_of(kw, {"batch_size": 8, "seq_len": 256}, {"dtype": "bfloat16", "device": "cpu"})
+    one = dataclasses.replace(D, cfg=dataclasses.replace(D.cfg, n_layers=1), warm_optimizer=False)
+    free = warm_up_heap(D)
+    assert free == replay_step(one, charged(one, "params"), heap_floor=False).small_peak
+    assert 0 < free < replay_step(D, heap_floor=False).small_peak  # one layer's casts of eight
+    plain = replay_step(D)
+    assert plain.heap_free == free
+    assert replay_step(dataclasses.replace(D, device="cuda")).heap_free == 0
+
+
 MOE_SHAPE = {"block": "llama", "vocab_size": 512, "d_model": 128, "n_heads": 4, "d_ff": 128,
              "max_seq_len": 256, "n_layers": 8, "n_experts": 8, "top_k": 2,
              "shared_expert": True}  # fmt: skip

@@ -19,6 +19,7 @@ per-op traces of live tensors (tests/test_plan.py compares the replay with such 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from revbench.models.config import INPLACE_ROWS
@@ -1188,6 +1189,22 @@ def _expert_rows(slots: int, experts: int) -> list[int]:
     return [base + (1 if e < extra else 0) for e in range(experts)]
 
 
+def warm_up_heap(D: Dims) -> int:
+    """CPU: the heap that is free, and resident, when a measurement takes its baseline.
+
+    Before it reads the runtime's memory a CPU measurement runs one step of a one-layer copy
+    of the case, same batch and sequence (``measure.step.warm_runtime``: kernels paged in,
+    thread pools, oneDNN's kernels for the case's shapes) and frees it. glibc keeps the heap
+    that step's small tensors touched (freed chunks below the top stay mapped), so it is part
+    of the baseline, and the measured step's small tensors take those free chunks before the
+    heap grows: the step's heap costs its high-water mark less this. It is the warm-up's small
+    tensors only, a lower bound of what the warm-up leaves free (measured, ``mallinfo2``'s
+    free bytes at the baseline: 3.1-3.8 MiB in ``moe.yaml``'s bf16 processes against the
+    1.1 MiB replayed here, 0.8-0.9 MiB in quickstart's against 0.1)."""
+    one = dataclasses.replace(D, cfg=dataclasses.replace(D.cfg, n_layers=1), warm_optimizer=False)
+    return replay_step(one, charged(one, "params"), heap_floor=False).small_peak
+
+
 def replay_step(
     D: Dims, base: int = 0, *, allocator: bool = True, heap_floor: bool = True
 ) -> Timeline:
@@ -1200,10 +1217,12 @@ def replay_step(
     # CPU: tensors below the mmap threshold come from malloc's heap, whose high-water mark
     # stays resident (``Timeline``)
     heap = MMAP_THRESHOLD if allocator and D.device == "cpu" else 0
-    floor = 0
-    if heap and heap_floor and D.warm_optimizer:  # the steps before left the heap at its peak
-        floor = replay_step(D, base, allocator=allocator, heap_floor=False).small_peak
-    tl = Timeline(base + INT64 * D.N, charge, heap=heap, heap_floor=floor)  # + the token ids
+    floor = free = 0
+    if heap and heap_floor:
+        if D.warm_optimizer:  # the steps before left the heap at its peak
+            floor = replay_step(D, base, allocator=allocator, heap_floor=False).small_peak
+        free = warm_up_heap(D)
+    tl = Timeline(base + INT64 * D.N, charge, heap=heap, heap_floor=floor, heap_free=free)  # + ids
     step = Step(D, tl)
     if D.parallel == "ddp":
         # DDP's reducer allocates flat buckets for every gradient's all-reduce when it wraps

@@ -32,7 +32,9 @@ class Timeline:
     mapped tensors plus the heap's high-water mark, not the live heap tensors: glibc keeps the
     heap's touched pages when its tensors are freed (the chunks between them cannot go back).
     ``heap_floor`` is the heap high-water a step starts with (a warm step's: the heap peak of
-    the steps before it, the same as its own)."""
+    the steps before it, the same as its own); ``heap_free`` the heap that was free, and
+    resident, before the step (``replay.warm_up_heap``): the heap costs its high-water mark
+    beyond that."""
 
     def __init__(
         self,
@@ -40,6 +42,7 @@ class Timeline:
         charge: Callable[[int], int] | None = None,
         heap: int = 0,
         heap_floor: int = 0,
+        heap_free: int = 0,
     ) -> None:
         """``charge(nbytes)``: what a tensor of ``nbytes`` costs the allocator (its rounding
         and bookkeeping); the bytes themselves when None."""
@@ -48,6 +51,7 @@ class Timeline:
         self.small = 0  # live bytes of heap tensors
         self.small_peak = 0  # their most at once over this step
         self.heap_hw = heap_floor  # the heap's high-water mark so far
+        self.heap_free = heap_free
         self.live = base
         self.peak = self.resident()
         self.where = "start"
@@ -55,8 +59,9 @@ class Timeline:
         self.marks: dict[str, int] = {}
 
     def resident(self) -> int:
-        """What the process holds now: every live tensor, the heap at its high-water mark."""
-        return self.live - self.small + self.heap_hw
+        """What the process holds now: every live tensor, the heap at its high-water mark
+        (beyond the free heap it started with)."""
+        return self.live - self.small + max(self.heap_hw - self.heap_free, 0)
 
     def new(self, nbytes: int, name: str) -> Buf:
         """A new tensor with one holder."""
