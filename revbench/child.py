@@ -25,6 +25,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from revbench.errors import failure_line
+
 # What every case process imports before anything else, and what the warm zygote
 # (revbench/zygote.py) imports before it forks one: the same modules, in the same order, so that
 # a forked case process and a fresh one start from the same heap history (measured: importing
@@ -68,11 +70,6 @@ def _inject(fault: str) -> None:
         raise torch.OutOfMemoryError("injected fault (measure.fault: oom)")
     if fault == "killed":
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _last_line(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 def run(case_file: Path, metric: str) -> dict[str, Any]:
@@ -166,7 +163,7 @@ def _load_code(case: Any) -> None:
 def _failure(exc: BaseException) -> str:
     """The error's last line, naming the rank in a parallel case."""
     rank = os.environ.get("RANK")
-    return _last_line(exc) if rank is None else f"rank {rank}: {_last_line(exc)}"
+    return failure_line(exc) if rank is None else f"rank {rank}: {failure_line(exc)}"
 
 
 def _write(result: dict[str, Any], out: Path, *, replace: bool = True) -> None:

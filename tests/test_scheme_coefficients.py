@@ -463,3 +463,44 @@ def test_coefficients_do_not_change_the_planned_or_traced_peak(
         _traced_peak({**kw, **over}, 4, 64, dtype),
     )
     assert abs(with_coefficients - plain) <= D.slot, (with_coefficients - plain) / D.slot
+
+
+PER_LAYER_MEMORY = """
+name: per_layer_memory
+defaults:
+  model: {vocab_size: 64, d_model: 32, n_heads: 2, max_seq_len: 32, n_layers: 2}
+  data: {batch_size: 2, seq_len: 32}
+  train: {device: cpu, threads: 1}
+measure: {warmup: 0, steps: 1, budget: 64MiB, max_size: 4, trial_steps: 1}
+cases:
+  - {name: list, arch: midpoint, a_layers: [0.6, -1.3]}
+metrics: [peak_memory, max_batch_size]
+"""
+
+
+def test_cpu_memory_measures_a_model_with_per_layer_coefficients(tmp_path: Path) -> None:
+    """CPU memory processes warm the runtime with a one-layer copy of the case; with
+    ``a_layers`` that copy keeps the first layer's coefficient (it failed validation with
+    every coefficient and one layer), and the planner's replay of it likewise."""
+    from conftest import run_rows
+
+    cfg = ModelConfig(arch="midpoint", n_layers=3, a_layers=[0.6, -1.3, 1.2])
+    assert cfg.one_layer_settings() == {"n_layers": 1, "a_layers": [0.6]}
+    assert ModelConfig(arch="midpoint", n_layers=3).one_layer_settings() == {"n_layers": 1}
+    (row,) = run_rows(tmp_path, PER_LAYER_MEMORY)
+    assert row["status"] == "ok", row["error"]
+    assert row["peak_mem_delta_bytes"] > 0 and row["predicted_peak_bytes"] > 0
+    assert row["max_batch_size"] >= 1
+
+
+def test_a_validation_error_leaves_its_message_in_the_row_not_pydantics_help_url() -> None:
+    from revbench.errors import failure_line
+
+    with pytest.raises(Exception) as info:
+        ModelConfig(arch="midpoint", n_layers=1, a_layers=[0.6, -1.3])
+    line = failure_line(info.value)
+    assert line == (
+        "ValidationError: a_layers has 2 entries but n_layers is 1; give one coefficient per layer"
+    )
+    assert failure_line(RuntimeError("first\nsecond")) == "second"
+    assert failure_line(ValueError()) == "ValueError"

@@ -53,7 +53,7 @@ from rich.console import Console
 from rich.table import Table
 
 from revbench.doctor.base import GROUPS, STATUSES, Check, Context, Sizes, resolve_device
-from revbench.errors import RevbenchError
+from revbench.errors import RevbenchError, failure_line
 
 __all__ = ["GROUPS", "Check", "DoctorReport", "checks_table", "parse_only", "run_doctor"]
 
@@ -122,7 +122,7 @@ def run_doctor(
             except Exception as e:  # a broken check is a failed check; the rest still run
                 traceback.print_exc(file=sys.stderr)
                 seconds = time.perf_counter() - t0
-                check = Check(group, "did not complete", "fail", detail=_last_line(e))
+                check = Check(group, "did not complete", "fail", detail=failure_line(e))
                 check.seconds = seconds
                 _finish(check, len(checks), ctx, checks, written)
     name = ctx.device_columns["device_name"]
@@ -137,11 +137,6 @@ def _finish(
     checks.append(check)
     if check.status != "skip":
         written.append(_write(check, index, ctx))
-
-
-def _last_line(exc: BaseException) -> str:
-    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return text.splitlines()[-1] if text else type(exc).__name__
 
 
 _STYLE = {"pass": "green", "fail": "bold red", "info": "cyan", "skip": "dim"}

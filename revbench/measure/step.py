@@ -155,7 +155,7 @@ def warm_runtime(case: Case) -> None:
     """
     import gc
 
-    small = case.with_settings(n_layers=1)
+    small = case.with_settings(**case.model.one_layer_settings())
     step = build_train_step(small)
     step()
     del step

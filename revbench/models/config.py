@@ -452,6 +452,15 @@ class ModelConfig:
             out.append(sign + rng.uniform(-self.a_width, self.a_width))
         return out
 
+    def one_layer_settings(self) -> dict[str, Any]:
+        """The settings that make a one-layer copy of this model (CPU measurements warm the
+        runtime with one, ``measure.step.warm_runtime``; the planner replays it): ``n_layers``
+        1 and the per-layer settings cut to the first layer's."""
+        out: dict[str, Any] = {"n_layers": 1}
+        if self.a_layers is not None:
+            out["a_layers"] = list(self.a_layers[:1])
+        return out
+
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads

@@ -1201,7 +1201,8 @@ def warm_up_heap(D: Dims) -> int:
     tensors only, a lower bound of what the warm-up leaves free (measured, ``mallinfo2``'s
     free bytes at the baseline: 3.1-3.8 MiB in ``moe.yaml``'s bf16 processes against the
     1.1 MiB replayed here, 0.8-0.9 MiB in quickstart's against 0.1)."""
-    one = dataclasses.replace(D, cfg=dataclasses.replace(D.cfg, n_layers=1), warm_optimizer=False)
+    cfg = dataclasses.replace(D.cfg, **D.cfg.one_layer_settings())
+    one = dataclasses.replace(D, cfg=cfg, warm_optimizer=False)
     return replay_step(one, charged(one, "params"), heap_floor=False).small_peak
 
 
