@@ -445,8 +445,6 @@ def test_the_warm_up_leaves_heap_that_the_step_reuses() -> None:
     """CPU: the measurement's warm-up (one step of a one-layer copy, then freed) leaves its
     small tensors' heap free and resident in the baseline; the step's heap costs only what
     goes beyond it, never less than nothing. CUDA has no such term."""
-    import dataclasses
-
     from revbench.plan.params import charged
     from revbench.plan.replay import warm_up_heap
     from revbench.plan.timeline import Timeline

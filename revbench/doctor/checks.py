@@ -150,7 +150,7 @@ def reduction_scratch_check(device: Any) -> Check:
         return Check("memory", "reduction scratch as planned", "skip", detail="CUDA only")
     import torch
 
-    from revbench.plan.dims import column_sum_buffer_bytes, cuda_charge
+    from revbench.plan.dims import column_sum_scratch_bytes, cuda_charge
 
     t0 = time.perf_counter()
     props = torch.cuda.get_device_properties(device)
@@ -165,8 +165,7 @@ def reduction_scratch_check(device: Any) -> Check:
         y = x.sum(0)  # what autograd's sum_to does to a Linear's bias gradient
         torch.cuda.synchronize(device)
         got.append(torch.cuda.max_memory_allocated(device) - before - cuda_charge(2 * cols))
-        buf, sems = column_sum_buffer_bytes(rows, cols, 4, sms, threads)
-        want.append(cuda_charge(buf) + cuda_charge(sems) if buf else 0)
+        want.append(column_sum_scratch_bytes(rows, cols, 4, sms, threads))
         del x, y
     shapes = ", ".join(f"{r}x{c}" for r, c in SCRATCH_SHAPES)
     return Check(

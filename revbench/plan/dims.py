@@ -148,8 +148,7 @@ class Dims:
         semaphores, each from the caching allocator; nothing on CPU."""
         if self.device != "cuda" or not self.sms:
             return 0
-        buf, sems = column_sum_buffer_bytes(rows, n_out, self.st, self.sms, self.threads_per_sm)
-        return self.charge(buf) + self.charge(sems) if buf else 0
+        return column_sum_scratch_bytes(rows, n_out, self.st, self.sms, self.threads_per_sm)
 
     @property
     def moe(self) -> bool:
@@ -274,6 +273,15 @@ def column_sum_buffer_bytes(
     if ctas <= 1:
         return 0, 0
     return acc_bytes * cols * ctas * width * vec, 4 * grid
+
+
+def column_sum_scratch_bytes(
+    rows: int, cols: int, acc_bytes: int, sms: int, threads_per_sm: int
+) -> int:
+    """What that column sum borrows from the CUDA caching allocator: its global buffer and its
+    semaphores (``column_sum_buffer_bytes``), each rounded as the allocator rounds them."""
+    buf, sems = column_sum_buffer_bytes(rows, cols, acc_bytes, sms, threads_per_sm)
+    return cuda_charge(buf) + cuda_charge(sems) if buf else 0
 
 
 def _last_pow2(n: int) -> int:

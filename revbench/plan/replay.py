@@ -124,16 +124,19 @@ class Step:
         self.tl.temp(nbytes, name)
         return None
 
-    def vjp_grad(self, g: Buf, cast_bytes: int, name: str) -> Buf:
-        """The gradient a reversible step's VJP hands to its branch (``Recompute.vjp``): under
-        autocast a bf16 copy of ``g`` (``cast_bytes``), else ``g``, with two holders: the
-        branch's backward lets go of one, the VJP's argument tuple keeps the other until
-        ``autograd.grad`` returns (the caller drops it then)."""
+    def grad_for_branch(self, g: Buf, cast_bytes: int, name: str) -> Buf:
+        """``g`` as a bf16 branch's backward takes it: under autocast a bf16 copy
+        (``cast_bytes``), else ``g`` itself with one more holder (the backward lets go of it)."""
         if self.D.autocast:
-            b = self.tl.new(cast_bytes, name)
-        else:
-            b = g
-            self.tl.hold(g)
+            return self.tl.new(cast_bytes, name)
+        self.tl.hold(g)
+        return g
+
+    def vjp_grad(self, g: Buf, cast_bytes: int, name: str) -> Buf:
+        """The gradient a reversible step's VJP hands to its branch (``Recompute.vjp``), with
+        two holders: the branch's backward lets go of one, the VJP's argument tuple keeps the
+        other until ``autograd.grad`` returns (the caller drops it then)."""
+        b = self.grad_for_branch(g, cast_bytes, name)
         self.tl.hold(b)
         return b
 
@@ -484,13 +487,9 @@ class Step:
 
     def branch_grad(self, g: Buf, name: str) -> Buf:
         """The residual add's backward (``p + branch``), the first node of a block's backward:
-        the branch's gradient, a bf16 copy of ``g`` under autocast (the branch's output is
-        bf16), ``g`` itself otherwise (one more holder). No saved tensor is unpacked before
-        it, so it comes before a checkpoint's recompute of the block."""
-        if self.D.autocast:
-            return self.tl.new(self.D.a * self.D.N * self.D.d, f"grad of {name} (cast)")
-        self.tl.hold(g)
-        return g
+        the branch's gradient (``grad_for_branch``: its output is bf16 under autocast). No
+        saved tensor is unpacked before it, so it comes before a checkpoint's recompute."""
+        return self.grad_for_branch(g, self.D.a * self.D.N * self.D.d, f"grad of {name} (cast)")
 
     def block_back(self, g: Buf, st: dict, g_f: Buf) -> Buf:
         """p + f(p): p gets ``g`` directly and through f (``g_f``: ``branch_grad``)."""
